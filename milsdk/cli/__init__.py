@@ -1,0 +1,61 @@
+"""The ``milsdk`` command. Each subcommand lives in its own module, imported only when it runs, so that
+``milsdk --help`` is instant and the client commands need no torch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from milsdk._version import __version__
+from milsdk.errors import MILSDKError
+
+# command name -> "module:attribute"
+_COMMANDS = {
+    "train": "milsdk.cli.train:train",
+    "export": "milsdk.cli.export:export",
+    "inspect": "milsdk.cli.inspect:inspect_artifact",
+    "serve": "milsdk.cli.serve:serve",
+    "predict": "milsdk.cli.predict:predict",
+    "demo": "milsdk.cli.demo:demo",
+    "bench": "milsdk.cli.bench:bench",
+}
+
+
+class _LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use; errors become one line and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = [n for n, t in _COMMANDS.items() if importlib.util.find_spec(t.split(":")[0]) is not None]
+        return sorted(set(super().list_commands(ctx)) | set(available))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _COMMANDS:
+            module, attr = _COMMANDS[name].split(":")
+            if importlib.util.find_spec(module) is None:
+                return None
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MILSDKError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="milsdk")
+def main() -> None:
+    """milsdk: train Multiple Instance Learning models, export them (ONNX / TorchScript), serve and call them.
+
+    \b
+    Example, the whole path on the built-in demo dataset:
+      milsdk demo
+    or step by step:
+      milsdk train --demo --out abmil.ckpt
+      milsdk export abmil.ckpt --format all --triton model_repository
+      milsdk predict exports/abmil/model.onnx slides/*.h5 --out preds.csv
+    """

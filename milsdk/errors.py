@@ -1,0 +1,55 @@
+"""The one exception hierarchy of milsdk.
+
+Every error raised at a boundary (dataset, checkpoint, export, client, CLI) is a ``MILSDKError`` whose message is
+one line naming the input and what is wrong. Subclasses also derive from the builtin a caller would expect
+(``ValueError`` for bad input, ``FileNotFoundError`` for missing files, ``ConnectionError`` for servers), so code
+written against the builtins keeps working.
+"""
+
+
+class MILSDKError(Exception):
+    """Base class of every milsdk error."""
+
+
+class BagError(MILSDKError, ValueError):
+    """A bag is malformed: empty, wrong feature dim, non-finite values, inconsistent keys."""
+
+
+class DatasetError(MILSDKError, ValueError):
+    """A dataset folder or file is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(MILSDKError, ValueError):
+    """A checkpoint file is missing, corrupt, foreign or unsafe."""
+
+
+class ModelConfigError(MILSDKError, ValueError):
+    """A model cannot be built from the given name or configuration."""
+
+
+class ExportError(MILSDKError, RuntimeError):
+    """Exporting a model to ONNX / TorchScript failed."""
+
+
+class VerificationError(ExportError):
+    """An exported artifact disagrees with eager PyTorch beyond tolerance."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ArtifactError(MILSDKError, ValueError):
+    """An exported artifact (.onnx / .pt) is missing, unreadable or lacks milsdk metadata."""
+
+
+class ServingError(MILSDKError, RuntimeError):
+    """A backend failed to run a batch."""
+
+
+class ServerUnavailableError(ServingError, ConnectionError):
+    """A server could not be reached (down, wrong URL, not ready)."""
+
+
+class ServerStartError(ServingError):
+    """A Triton server could not be started (no binary, port taken, model failed to load)."""

@@ -1,0 +1,86 @@
+"""Masked operations shared by every block: mask normalisation, softmax and weight normalisation.
+
+Conventions: ``mask`` is (B, N), True / 1 = real instance; bool and uint8 are both accepted; ``None`` means all
+instances are real. An all-masked row never produces NaN: its weights are all 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["as_bool_mask", "masked_softmax", "normalize_weights", "MaskedSoftmax"]
+
+
+def as_bool_mask(mask: torch.Tensor | None, X: torch.Tensor) -> torch.Tensor:
+    """Return ``mask`` as a bool (B, N) tensor on X's device; ``None`` becomes all True.
+
+    Args:
+        mask: (B, N) bool / integer / float mask, or None.
+        X: (B, N, ...) tensor the mask refers to.
+
+    Returns:
+        (B, N) bool.
+    """
+    if mask is None:
+        return torch.ones(X.shape[:2], dtype=torch.bool, device=X.device)
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    return mask.to(X.device)
+
+
+def masked_softmax(X: torch.Tensor, mask: torch.Tensor | None = None, dim: int = 1) -> torch.Tensor:
+    """Softmax over ``dim`` that ignores masked positions.
+
+    softmax_i = mask_i exp(x_i - m) / max(sum_j mask_j exp(x_j - m), tiny), with m the max over real positions.
+    Masked positions get exactly 0; a row with no real position is all 0 (finite). Computed in float32 at least,
+    so float16 inputs neither overflow nor lose the normaliser.
+
+    Args:
+        X: (B, N, ...) scores.
+        mask: (B, N) mask (bool or 0/1), broadcast over X's trailing dims; None = all real.
+        dim: the instance axis (1 by default, as in the reference).
+
+    Returns:
+        Same shape and dtype as X.
+    """
+    work_dtype = torch.promote_types(X.dtype, torch.float32)
+    scores = X.to(work_dtype)
+    if mask is None:
+        return torch.softmax(scores, dim=dim).to(X.dtype)
+    m = as_bool_mask(mask, X)
+    while m.dim() < scores.dim():
+        m = m.unsqueeze(-1)
+    finite_min = torch.finfo(work_dtype).min
+    filled = scores.masked_fill(~m, finite_min)
+    shifted = filled - filled.amax(dim=dim, keepdim=True)
+    weights = torch.exp(shifted) * m.to(work_dtype)
+    denom = weights.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(work_dtype).tiny)
+    return (weights / denom).to(X.dtype)
+
+
+def normalize_weights(W: torch.Tensor, mask: torch.Tensor | None = None, dim: int = 1) -> torch.Tensor:
+    """Scale non-negative weights so that they sum to 1 over the real positions of ``dim``; 0 on padding.
+
+    Args:
+        W: (B, N, ...) non-negative weights.
+        mask: (B, N) mask; None = all real.
+        dim: the instance axis.
+
+    Returns:
+        Same shape as W; an all-masked or all-zero row stays 0.
+    """
+    if mask is not None:
+        m = as_bool_mask(mask, W)
+        while m.dim() < W.dim():
+            m = m.unsqueeze(-1)
+        W = W * m.to(W.dtype)
+    denom = W.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)
+    return W / denom
+
+
+class MaskedSoftmax(torch.nn.Module):
+    """Module form of :func:`masked_softmax` (softmax over dim 1)."""
+
+    def forward(self, X: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """X: (B, N, ...), mask: (B, N) -> (B, N, ...)."""
+        return masked_softmax(X, mask)
