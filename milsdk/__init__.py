@@ -1,7 +1,7 @@
 """milsdk: deep Multiple Instance Learning from training to deployment.
 
 Subpackages: ``milsdk.data``, ``milsdk.datasets``, ``milsdk.nn``, ``milsdk.models``, ``milsdk.utils``,
-``milsdk.visualize``, ``milsdk.export`` (all need torch) and ``milsdk.serving`` (needs no torch).
+``milsdk.export`` (all need torch); ``milsdk.serving`` and ``milsdk.visualize`` (numpy only, no torch).
 
 ``import milsdk`` itself imports no torch, so that ``import milsdk.serving`` stays light; the checkpoint
 functions are loaded on first use.
