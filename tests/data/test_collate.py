@@ -43,7 +43,7 @@ def test_collate_dense_keys_scalars_and_mask():
 
 def _sparse(n, edges):
     idx = torch.tensor(edges, dtype=torch.long).T
-    return torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1]), (n, n)).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1]), (n, n), check_invariants=True).coalesce()
 
 
 def test_collate_sparse_adj_padded_to_largest_bag():
