@@ -3,6 +3,7 @@
 from milsdk.models.mil_model import MILModel, MILModelWrapper
 from milsdk.models.registry import create_model, get_model_class, list_models, register_model
 from milsdk.models.abmil import ABMIL
+from milsdk.models.transmil import TransMIL
 
 __all__ = [
     "ABMIL",
@@ -12,4 +13,5 @@ __all__ = [
     "get_model_class",
     "list_models",
     "register_model",
+    "TransMIL",
 ]

@@ -81,8 +81,10 @@ class ABMIL(MILModel):
             masked softmax (as in the reference).
         """
         H = self.feat_ext(X)
-        z, f = self.pool(H, mask, return_att=True)
+        z, f = self.pool.pool_with_logits(H, mask)
         logits = self.classifier(z)
         if self.n_classes == 1:
             logits = logits.squeeze(-1)
-        return (logits, f) if return_att else logits
+        if return_att:
+            return logits, f
+        return logits

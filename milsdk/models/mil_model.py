@@ -66,6 +66,9 @@ def _record_config(init):
 class MILModel(torch.nn.Module):
     """Base class of every MIL model (see the module docstring for the contract)."""
 
+    # Python-only properties that torch.jit.script must not compile.
+    __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
+
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     attention_output: ClassVar[str] = "logits"
     padding_invariant: ClassVar[bool] = True

@@ -5,6 +5,9 @@ from milsdk.nn.linear import LazyLinear, get_feat_dim
 from milsdk.nn.masked import MaskedSoftmax, as_bool_mask, masked_softmax, normalize_weights
 from milsdk.nn.mlp import MLP
 from milsdk.nn.pooling import MaxPool, MeanPool
+from milsdk.nn.attention import NystromAttention
+from milsdk.nn.ppeg import PPEG
+from milsdk.nn.transformers import NystromTransformerEncoder, NystromTransformerLayer
 
 __all__ = [
     "AttentionPool",
@@ -13,6 +16,10 @@ __all__ = [
     "MaskedSoftmax",
     "MaxPool",
     "MeanPool",
+    "NystromAttention",
+    "NystromTransformerEncoder",
+    "NystromTransformerLayer",
+    "PPEG",
     "as_bool_mask",
     "get_feat_dim",
     "masked_softmax",

@@ -10,6 +10,10 @@ import torch
 
 __all__ = ["as_bool_mask", "masked_softmax", "normalize_weights", "MaskedSoftmax"]
 
+# float32 limits are written as literals below (min -3.4028234663852886e38, tiny 1.1754943508222875e-38):
+# TorchScript has neither torch.finfo nor module-level constants. Work is done in float32 or wider, where they
+# are a finite "minus infinity" for masked scores and a safe floor for normalisers.
+
 
 def as_bool_mask(mask: torch.Tensor | None, X: torch.Tensor) -> torch.Tensor:
     """Return ``mask`` as a bool (B, N) tensor on X's device; ``None`` becomes all True.
@@ -50,11 +54,10 @@ def masked_softmax(X: torch.Tensor, mask: torch.Tensor | None = None, dim: int =
     m = as_bool_mask(mask, X)
     while m.dim() < scores.dim():
         m = m.unsqueeze(-1)
-    finite_min = torch.finfo(work_dtype).min
-    filled = scores.masked_fill(~m, finite_min)
+    filled = scores.masked_fill(~m, -3.4028234663852886e38)
     shifted = filled - filled.amax(dim=dim, keepdim=True)
     weights = torch.exp(shifted) * m.to(work_dtype)
-    denom = weights.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(work_dtype).tiny)
+    denom = weights.sum(dim=dim, keepdim=True).clamp_min(1.1754943508222875e-38)
     return (weights / denom).to(X.dtype)
 
 
@@ -74,7 +77,7 @@ def normalize_weights(W: torch.Tensor, mask: torch.Tensor | None = None, dim: in
         while m.dim() < W.dim():
             m = m.unsqueeze(-1)
         W = W * m.to(W.dtype)
-    denom = W.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(W.dtype).tiny)
+    denom = W.sum(dim=dim, keepdim=True).clamp_min(1.1754943508222875e-38)
     return W / denom
 
 

@@ -57,10 +57,23 @@ class AttentionPool(torch.nn.Module):
         Returns:
             z: (B, D); with ``return_att`` also f: (B, N) logits before the softmax (as in the reference).
         """
+        z, f = self.pool_with_logits(X, mask)
+        if return_att:  # an if-statement, not an if-expression, so that TorchScript types the union
+            return z, f
+        return z
+
+    def pool_with_logits(self, X: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same computation with one fixed return type (for callers compiled by TorchScript).
+
+        Args:
+            X: (B, N, D); mask: (B, N).
+
+        Returns:
+            z: (B, D) pooled vector; f: (B, N) attention logits.
+        """
         f = self.attention_logits(X)
         s = masked_softmax(f, mask)
-        z = torch.bmm(s.unsqueeze(1), X).squeeze(1)
-        return (z, f) if return_att else z
+        return torch.bmm(s.unsqueeze(1), X).squeeze(1), f
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, att_dim={self.att_dim}, act={self.act_name!r}, gated={self.gated}"

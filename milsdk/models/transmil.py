@@ -1,0 +1,182 @@
+"""TransMIL: transformer-based correlated MIL (Shao et al., NeurIPS 2021), padding-invariant and exportable.
+
+Instance encoder (``feat_ext``, Linear + ReLU) -> square the sequence, prepend a class token -> Nyström layer
+-> PPEG -> Nyström layers -> LayerNorm -> classifier on the class token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from milsdk.errors import ModelConfigError
+from milsdk.models.abmil import resolve_head
+from milsdk.models.mil_model import MILModel
+from milsdk.models.registry import register_model
+from milsdk.nn.linear import LazyLinear, get_feat_dim
+from milsdk.nn.masked import as_bool_mask
+from milsdk.nn.ppeg import PPEG, ceil_sqrt, grid_side
+from milsdk.nn.transformers import NystromTransformerLayer
+
+__all__ = ["TransMIL"]
+
+
+@register_model
+class TransMIL(MILModel):
+    r"""TransMIL with a per-bag mask.
+
+    For a bag of :math:`n` instances :math:`h_i = \mathrm{ReLU}(W \,\text{feat\_ext}(x_i) + b)` (Linear + ReLU
+    as in the paper's code, also when the feature size equals ``att_dim``):
+
+    1. square the sequence: :math:`s = \lceil\sqrt n\rceil`, tokens :math:`t_k = h_{k \bmod n}` for
+       :math:`k < s^2` (the first :math:`s^2 - n` instances are repeated), then prepend a learned class token;
+    2. the first Nyström layer, then PPEG over the :math:`s \times s` map (the class token passes through),
+       then the other layers (pre-norm, residual), a LayerNorm and a linear classifier on the class token.
+
+    Batches: every per-bag size (:math:`n_b`, :math:`s_b`) is data, not a shape. The batch is laid out on one
+    :math:`S \times S` grid, :math:`S = \lceil\sqrt N\rceil` of the padded length N (symbolic under
+    ``torch.export`` via :func:`milsdk.nn.ppeg.grid_side`); a bag's tokens are gathered by index, its square
+    map occupies the top-left :math:`s_b \times s_b` block, everything else is masked out of attention and
+    zero for PPEG. A bag's logits and attention are therefore the same alone or padded in any batch (to float
+    rounding). Masks may have holes: real instances are taken in their order.
+
+    Attention (``return_att``): the class token's row of the last layer's Nyström attention,
+    :math:`\mathrm{kernel1}[\text{cls}]\, \mathrm{kernel2}^{+}\, \mathrm{kernel3}`, averaged over heads,
+    computed without the :math:`L \times L` matrix. The approximation can give small negative entries; they
+    are clamped to 0 per token, then the weight of a repeated (filler) token is added to the instance it
+    copies. The result is non-negative, 0 on padding and not normalised (``attention_output = "weights"``; the
+    deployment wrapper renormalises over the real instances).
+
+    Args:
+        in_shape: shape of one instance, e.g. (1024,); None = lazy (inferred at the first forward).
+        att_dim: token width.
+        n_layers: Nyström layers (>= 2; PPEG follows the first).
+        n_heads: attention heads.
+        n_landmarks: maximum landmarks per bag (None = att_dim // 2).
+        pinv_iterations: pseudo-inverse iterations.
+        dropout: dropout inside the layers.
+        use_mlp: MLP sub-block in each layer.
+        feat_ext: instance feature extractor applied to X (default identity).
+        criterion: loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
+        n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
+    """
+
+    attention_output = "weights"
+    # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
+    __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] | None = None,
+        att_dim: int = 512,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_landmarks: int | None = None,
+        pinv_iterations: int = 6,
+        dropout: float = 0.0,
+        use_mlp: bool = False,
+        feat_ext: torch.nn.Module | None = None,
+        criterion: torch.nn.Module | None = None,
+        n_classes: int = 1,
+    ) -> None:
+        super().__init__()
+        if n_layers < 2:
+            raise ModelConfigError(f"TransMIL needs n_layers >= 2 (PPEG sits between layers), got {n_layers}")
+        if att_dim < 1 or att_dim % n_heads != 0:
+            raise ModelConfigError(f"TransMIL: n_heads={n_heads} must divide att_dim={att_dim}")
+        n_landmarks = max(att_dim // 2, 1) if n_landmarks is None else n_landmarks
+        if n_landmarks < 1:
+            raise ModelConfigError(f"TransMIL: n_landmarks must be >= 1, got {n_landmarks}")
+        self.feat_ext = feat_ext if feat_ext is not None else torch.nn.Identity()
+        self.criterion, self.n_classes = resolve_head(criterion, n_classes)
+        self.n_landmarks = n_landmarks
+        feat_dim = get_feat_dim(self.feat_ext, in_shape) if in_shape is not None else None
+        self.fc1 = LazyLinear(feat_dim, att_dim)
+        self.cls_token = torch.nn.Parameter(torch.randn(1, 1, att_dim))
+        self.layers = torch.nn.ModuleList(
+            [
+                NystromTransformerLayer(
+                    att_dim,
+                    att_dim,
+                    att_dim=att_dim,
+                    n_heads=n_heads,
+                    n_landmarks=n_landmarks,
+                    pinv_iterations=pinv_iterations,
+                    dropout=dropout,
+                    use_mlp=use_mlp,
+                )
+                for _ in range(n_layers)
+            ]
+        )
+        self.pos_layer = PPEG(att_dim)
+        self.norm = torch.nn.LayerNorm(att_dim)
+        self.classifier = torch.nn.Linear(att_dim, n_classes)
+
+    def _forward(
+        self, X: torch.Tensor, mask: torch.Tensor | None, need_att: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        H = torch.relu(self.fc1(self.feat_ext(X)))  # (B, N, E)
+        B, N, E = H.shape[0], H.shape[1], H.shape[2]
+        device = H.device
+        keep = as_bool_mask(mask, H)
+        real = keep.to(torch.long)
+        n = real.sum(dim=1, keepdim=True)  # (B, 1) real instances per bag
+        batch = torch.arange(B, device=device).reshape(B, 1)
+
+        # Stable partition: slot[b, i] = rank of instance i (real ones first, in order); order inverts it.
+        slot = torch.where(keep, real.cumsum(dim=1) - 1, n + (1 - real).cumsum(dim=1) - 1)
+        positions = torch.arange(N, device=device).reshape(1, N).expand(B, N)
+        order = torch.zeros_like(slot).scatter(1, slot, positions)
+
+        # Square each bag: token k < s_b**2 is real instance k mod n_b; S*S >= every s_b**2 tokens.
+        S = grid_side(N)
+        side = ceil_sqrt(n)  # (B, 1)
+        k = torch.arange(S * S, device=device).reshape(1, S * S)
+        valid = k < side * side  # (B, S*S)
+        source = order.gather(1, torch.remainder(k, n.clamp_min(1)).expand(B, S * S))
+        tokens = H[batch, source] * valid.unsqueeze(-1).to(H.dtype)
+        seq = torch.cat([self.cls_token.to(H.dtype).expand(B, 1, E), tokens], dim=1)  # (B, 1 + S*S, E)
+        seq_mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=device), valid], dim=1)
+
+        att = (seq, seq, seq)
+        for i, layer in enumerate(self.layers):
+            seq, att = layer.forward_att(seq, seq_mask)
+            if i == 0:
+                seq = torch.cat([seq[:, :1], self.pos_layer(seq[:, 1:], side)], dim=1)
+        logits = self.classifier(self.norm(seq[:, 0]))
+        if self.n_classes == 1:
+            logits = logits.squeeze(-1)
+        if not need_att:
+            return logits, logits.new_zeros(0)
+
+        kernel1, kernel2_pinv, kernel3 = att
+        cls_row = (kernel1[:, :, :1] @ kernel2_pinv) @ kernel3  # (B, h, 1, 1 + S*S)
+        weights = cls_row.squeeze(2).mean(dim=1)[:, 1:].clamp_min(0)  # (B, S*S); padded tokens are 0
+        # Slot j (< n_b) is token j plus, when it was repeated, the filler token j + n_b.
+        j = torch.arange(N, device=device).reshape(1, N)
+        copy = j + n
+        has_copy = copy < side * side
+        copy = torch.where(has_copy, copy, torch.zeros_like(copy))
+        per_slot = weights.gather(1, j.expand(B, N)) + weights.gather(1, copy) * has_copy.to(weights.dtype)
+        instance_att = per_slot.gather(1, slot) * keep.to(weights.dtype)
+        return logits, instance_att.to(logits.dtype)
+
+    def forward(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Bag logits.
+
+        Args:
+            X: (B, N, *in_shape) instance features.
+            mask: (B, N) True / 1 = real instance (bool or uint8); None = all real.
+            return_att: also return the class token's attention over the instances.
+
+        Returns:
+            logits (B,) for one output or (B, C); with ``return_att`` also attention (B, N): non-negative
+            weights, 0 on padding, not normalised (see the class docstring).
+        """
+        logits, att = self._forward(X, mask, return_att)
+        if return_att:
+            return logits, att
+        return logits

@@ -1,0 +1,236 @@
+"""Nyström self-attention (Xiong et al., AAAI 2021, "Nyströmformer: A Nyström-based Algorithm for
+Approximating Self-Attention"), with per-bag masking so that padding never changes the outputs of real
+tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from milsdk.nn.masked import as_bool_mask
+
+__all__ = ["NystromAttention", "moore_penrose_iter_pinv", "nystrom_attention_rows"]
+
+
+def _masked_softmax_last(
+    scores: torch.Tensor, keep_cols: torch.Tensor, keep_rows: torch.Tensor
+) -> torch.Tensor:
+    """Softmax over the last axis restricted to ``keep_cols``, with the rows outside ``keep_rows`` set to 0.
+
+    Masked scores are filled with the finite float32 minimum (never -inf), so no row can produce NaN; callers
+    pass ``keep_rows`` False for every row that has no kept column (its softmax would be uniform). The float32
+    extreme is a literal because TorchScript has no torch.finfo; scores are float32 or float64 here.
+
+    Args:
+        scores: (..., R, C).
+        keep_cols: bool, broadcastable to scores, True = column takes part.
+        keep_rows: bool, broadcastable to scores (size 1 on the last axis), True = row kept.
+    """
+    weights = torch.softmax(scores.masked_fill(~keep_cols, -3.4028234663852886e38), dim=-1)
+    return weights * keep_rows.to(weights.dtype)
+
+
+def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    r"""Moore–Penrose pseudo-inverse of a batch of square matrices by the iteration of Razavi et al. (2014).
+
+    .. math::
+        Z_0 = \frac{A^\top}{\lVert A\rVert_1 \lVert A\rVert_\infty}, \qquad
+        Z_{t+1} = \tfrac14 Z_t \big(13 I - A Z_t (15 I - A Z_t (7 I - A Z_t))\big)
+
+    The initial scaling uses the norms of **each** matrix (amax over that matrix only), not the maximum over
+    the whole batch as common implementations do: there, a bag's result would depend on the other bags in its
+    batch. A zero matrix (an all-masked bag) gives a zero pseudo-inverse, never NaN. Zero rows / columns stay
+    zero, so the pseudo-inverse of ``[[A, 0], [0, 0]]`` is ``[[pinv(A), 0], [0, 0]]`` to rounding.
+
+    Args:
+        x: (..., M, M) matrices.
+        iters: number of iterations (6 is the Nyströmformer default).
+
+    Returns:
+        (..., M, M) approximate pseudo-inverses.
+    """
+    abs_x = x.abs()
+    norm_1 = abs_x.sum(dim=-2).amax(dim=-1, keepdim=True)  # max column sum
+    norm_inf = abs_x.sum(dim=-1).amax(dim=-1, keepdim=True)  # max row sum
+    scale = (norm_1 * norm_inf).clamp_min(1.1754943508222875e-38).unsqueeze(-1)  # float32 tiny
+    z = x.transpose(-1, -2) / scale
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+def nystrom_attention_rows(
+    att: tuple[torch.Tensor, torch.Tensor, torch.Tensor], index: torch.Tensor
+) -> torch.Tensor:
+    """Rows of the approximate attention matrix from its Nyström factors, without forming the L x L matrix.
+
+    Args:
+        att: ``(kernel1 (B, h, L, m), kernel2_pinv (B, h, m, m), kernel3 (B, h, m, L))`` as returned by
+            :class:`NystromAttention` with ``return_att=True``.
+        index: (R,) long, the query rows wanted.
+
+    Returns:
+        (B, h, R, L): ``kernel1[:, :, index] @ kernel2_pinv @ kernel3``.
+    """
+    kernel1, kernel2_pinv, kernel3 = att
+    return (kernel1.index_select(2, index) @ kernel2_pinv) @ kernel3
+
+
+def _landmark_count(n_landmarks: int, seq_len: int) -> int:
+    """min(n_landmarks, seq_len), symbolic under torch.export (a plain ``min`` would specialise seq_len)."""
+    if torch.jit.is_scripting():
+        return min(n_landmarks, seq_len)
+    return torch.sym_min(n_landmarks, seq_len)
+
+
+class NystromAttention(torch.nn.Module):
+    r"""Multi-head self-attention approximated with the Nyström method, masked per bag.
+
+    With queries :math:`Q` (scaled by :math:`1/\sqrt{d}`), keys :math:`K`, values :math:`V` of one bag and
+    head, and landmarks :math:`\tilde Q, \tilde K` (means of contiguous segments of the bag's real tokens):
+
+    .. math::
+        \operatorname{Att}(X) \approx
+        \underbrace{\operatorname{softmax}(Q\tilde K^\top)}_{\text{kernel1 } (L, m)}\;
+        \underbrace{\operatorname{softmax}(\tilde Q\tilde K^\top)^{+}}_{\text{kernel2 pinv } (m, m)}\;
+        \underbrace{\operatorname{softmax}(\tilde Q K^\top)}_{\text{kernel3 } (m, L)}\; V
+
+    Masking: a bag with :math:`n_b` real tokens uses :math:`m_b = \min(m, n_b)` landmarks; the real token of
+    rank :math:`r` (its index among the bag's real tokens) belongs to segment
+    :math:`\lfloor r m_b / n_b \rfloor`. Padded tokens belong to no segment, unused landmark slots are masked
+    out of all three kernels (kernel2 on both axes), padded tokens are masked out of kernel3, and the
+    pseudo-inverse is scaled per (bag, head). A bag's real outputs are therefore the same alone or padded in
+    any batch (to float rounding). When :math:`n_b \le m` every landmark is one token and the result equals
+    exact softmax attention up to the pseudo-inverse's convergence. The segments need no padding of the
+    sequence to a multiple of ``n_landmarks`` (unlike the reference).
+
+    Cost O(L·m) memory and O(L·m·d + m³) time per head; the L x L matrix is never formed. Kernels are computed
+    in float32 at least.
+
+    Args:
+        in_dim: token size D.
+        out_dim: output size (default ``in_dim``).
+        att_dim: total query/key/value size over all heads (forced to ``in_dim`` when
+            ``learn_weights=False``).
+        n_heads: number of heads; must divide ``att_dim``.
+        learn_weights: learn the q/k/v projections (bias-free) and an output projection; if False,
+            q = k = v = X and the output projection exists only when ``out_dim != in_dim``.
+        n_landmarks: m, the maximum number of landmarks per bag.
+        pinv_iterations: iterations of :func:`moore_penrose_iter_pinv`.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int | None = None,
+        att_dim: int = 512,
+        n_heads: int = 4,
+        learn_weights: bool = True,
+        n_landmarks: int = 256,
+        pinv_iterations: int = 6,
+    ) -> None:
+        super().__init__()
+        out_dim = in_dim if out_dim is None else out_dim
+        if not learn_weights:
+            att_dim = in_dim
+        if n_heads < 1 or att_dim % n_heads != 0:
+            raise ValueError(f"NystromAttention: n_heads={n_heads} must divide att_dim={att_dim}")
+        if n_landmarks < 1:
+            raise ValueError(f"NystromAttention: n_landmarks must be >= 1, got {n_landmarks}")
+        if pinv_iterations < 0:
+            raise ValueError(f"NystromAttention: pinv_iterations must be >= 0, got {pinv_iterations}")
+        self.in_dim, self.out_dim, self.att_dim = in_dim, out_dim, att_dim
+        self.n_heads, self.head_dim = n_heads, att_dim // n_heads
+        self.learn_weights = learn_weights
+        self.n_landmarks, self.pinv_iterations = n_landmarks, pinv_iterations
+        self.scale = float(self.head_dim) ** -0.5
+        self.qkv = torch.nn.Linear(in_dim, 3 * att_dim, bias=False) if learn_weights else None
+        if learn_weights or out_dim != att_dim:
+            self.out_proj: torch.nn.Module = torch.nn.Linear(att_dim, out_dim)
+        else:
+            self.out_proj = torch.nn.Identity()
+
+    def _split_heads(self, t: torch.Tensor, work_dtype: torch.dtype) -> torch.Tensor:
+        """(B, L, h*d) -> (B, h, L, d) in the working dtype."""
+        B, L = t.shape[0], t.shape[1]
+        return t.reshape(B, L, self.n_heads, self.head_dim).transpose(1, 2).to(work_dtype)
+
+    def forward_att(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``forward(x, mask, return_att=True)`` with one fixed return type (what TorchScript callers use)."""
+        B, L = x.shape[0], x.shape[1]
+        keep = as_bool_mask(mask, x)
+        work_dtype = torch.promote_types(x.dtype, torch.float32)
+
+        # Landmark segments of each bag's own real tokens: rank r -> floor(r * m_b / n_b); padding -> none.
+        real = keep.to(torch.long)
+        n_real = real.sum(dim=1, keepdim=True)  # (B, 1)
+        rank = real.cumsum(dim=1) - 1  # (B, L)
+        m = _landmark_count(self.n_landmarks, L)
+        m_b = n_real.clamp(max=m)
+        segment = torch.div(rank * m_b, n_real.clamp_min(1), rounding_mode="floor")
+        segment = torch.where(keep, segment, torch.full_like(segment, -1))
+        slots = torch.arange(m, device=x.device)
+        assign = (segment.unsqueeze(-1) == slots).to(x.dtype)  # (B, L, m) one-hot, padding rows all 0
+        counts = assign.sum(dim=1, keepdim=True)  # (B, 1, m)
+        has_landmark = slots.unsqueeze(0) < m_b  # (B, m)
+        # Segment means of the input: the bias-free q/k projections commute with the mean, so projecting the m
+        # landmark inputs costs O(m) instead of pooling q and k over all L tokens.
+        x_land = (assign / counts.clamp_min(1)).transpose(1, 2) @ x  # (B, m, in_dim)
+
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            q_land, k_land = F.linear(x_land, self.qkv.weight[: 2 * self.att_dim]).chunk(2, dim=-1)
+        else:
+            q, k, v = x, x, x
+            q_land, k_land = x_land, x_land
+        q = self._split_heads(q, work_dtype)
+        k = self._split_heads(k, work_dtype)
+        v = self._split_heads(v, work_dtype)
+        # The 1/sqrt(d) scale of the queries is applied to the (small) landmark tensors: same products.
+        q_land = self._split_heads(q_land, work_dtype) * self.scale
+        k_land = self._split_heads(k_land, work_dtype)
+
+        lm_col = has_landmark[:, None, None, :]
+        lm_row = has_landmark[:, None, :, None]
+        scores1 = q @ (k_land * self.scale).transpose(-1, -2)
+        kernel1 = _masked_softmax_last(scores1, lm_col, keep[:, None, :, None])
+        kernel2 = _masked_softmax_last(q_land @ k_land.transpose(-1, -2), lm_col, lm_row)
+        kernel3 = _masked_softmax_last(q_land @ k.transpose(-1, -2), keep[:, None, None, :], lm_row)
+        kernel2_pinv = moore_penrose_iter_pinv(kernel2, self.pinv_iterations)
+
+        out = kernel1 @ (kernel2_pinv @ (kernel3 @ v))  # (B, h, L, d)
+        out = out.transpose(1, 2).reshape(B, L, self.att_dim).to(x.dtype)
+        y = self.out_proj(out) * keep.unsqueeze(-1).to(x.dtype)
+        return y, (kernel1, kernel2_pinv, kernel3)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Attend over each bag's real tokens.
+
+        Args:
+            x: (B, L, in_dim) tokens.
+            mask: (B, L) True / 1 = real token (bool or uint8); None = all real.
+            return_att: also return the attention, as its three Nyström factors (the L x L matrix is never
+                formed; :func:`nystrom_attention_rows` gives any rows of it, ``k1 @ pinv @ k3`` all of it).
+
+        Returns:
+            y: (B, L, out_dim), 0 at padded positions; with ``return_att`` also ``(kernel1 (B, h, L, m),
+            kernel2_pinv (B, h, m, m), kernel3 (B, h, m, L))`` (float32 at least), with m = min(n_landmarks,
+            L); rows of padded tokens and unused landmarks are 0.
+        """
+        y, att = self.forward_att(x, mask)
+        if return_att:
+            return y, att
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dim={self.in_dim}, out_dim={self.out_dim}, att_dim={self.att_dim}, n_heads={self.n_heads}, "
+            f"learn_weights={self.learn_weights}, n_landmarks={self.n_landmarks}, "
+            f"pinv_iterations={self.pinv_iterations}"
+        )

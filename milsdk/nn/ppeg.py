@@ -1,0 +1,141 @@
+"""PPEG, the Pyramid Position Encoding Generator of TransMIL (Shao et al., NeurIPS 2021), for batches of bags
+whose square token maps have different sides; plus the export-safe ``ceil(sqrt(.))`` the square maps need."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PPEG", "ceil_sqrt", "grid_side"]
+
+
+def ceil_sqrt(n: torch.Tensor) -> torch.Tensor:
+    """Exact elementwise ceil(sqrt(n)) of non-negative integers (e.g. the side of each bag's square map).
+
+    Float32 square root, then one integer correction each way, so the result is exact for any n < 2**48 and
+    the graph exports (no float64, no Python ints).
+
+    Args:
+        n: integer tensor, any shape, values >= 0.
+
+    Returns:
+        Long tensor of the same shape.
+    """
+    n = n.to(torch.long)
+    s = torch.sqrt(n.to(torch.float32)).ceil().to(torch.long)
+    s = s - ((s > 0) & ((s - 1) * (s - 1) >= n)).to(torch.long)
+    return s + (s * s < n).to(torch.long)
+
+
+def grid_side(n: int) -> int:
+    """ceil(sqrt(n)) of a size, computed so that it stays symbolic under ``torch.export``.
+
+    Python math on a traced size would freeze it to the example's value and the artifact would be silently
+    wrong at other sizes. Eagerly and under TorchScript this is integer math (dynamic in a scripted graph).
+    Under ``torch.export`` / ``torch.compile`` the value goes through a tensor and ``.item()``, which gives a
+    fresh symbolic size (ONNX: Sqrt / Ceil on the shape, then Range / Expand over it); plain
+    ``torch.sym_sqrt`` has no ONNX translation and defeats the shape solver on reshapes.
+
+    Args:
+        n: a size (int or SymInt), >= 0.
+
+    Returns:
+        The smallest S >= 0 with S * S >= n.
+    """
+    if torch.jit.is_scripting() or not torch.compiler.is_compiling():
+        s = int(math.sqrt(n))
+        while s * s < n:
+            s += 1
+        while s > 0 and (s - 1) * (s - 1) >= n:
+            s -= 1
+        return s
+    side = ceil_sqrt(torch.tensor(n)).item()
+    torch._check(side >= 0)
+    torch._check(side * side >= n)
+    return side
+
+
+class PPEG(torch.nn.Module):
+    r"""Pyramid Position Encoding Generator: depthwise convolutions over each bag's square token map.
+
+    .. math:: \mathrm{PPEG}(T) = T + \mathrm{DW}_7(T) + \mathrm{DW}_5(T) + \mathrm{DW}_3(T)
+
+    where :math:`T` is a bag's tokens laid out row by row on its :math:`s_b \times s_b` map and
+    :math:`\mathrm{DW}_k` is a depthwise :math:`k \times k` convolution with zero padding ("same" size).
+
+    Bags of one batch may have different sides :math:`s_b`. Each bag's map sits at the top-left of a shared
+    :math:`S \times S` grid, :math:`S = \lceil\sqrt{K}\rceil`, all other cells zero; a zero-padded convolution
+    restricted to the block equals the convolution of the block alone, so a bag's output does not depend on
+    the other bags or on padding. The three convolutions run as one 7 x 7 depthwise convolution whose kernel
+    is the sum of the three (centred) kernels plus the identity; the parameters stay the three convolutions.
+
+    Args:
+        dim: token size D.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj7 = torch.nn.Conv2d(dim, dim, 7, 1, 3, groups=dim)
+        self.proj5 = torch.nn.Conv2d(dim, dim, 5, 1, 2, groups=dim)
+        self.proj3 = torch.nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (D, 1, 7, 7) depthwise kernel and (D,) bias equal to identity + conv7 + conv5 + conv3."""
+        weight = self.proj7.weight
+        identity = F.pad(torch.ones_like(weight[:, :, :1, :1]), (3, 3, 3, 3))
+        weight = weight + F.pad(self.proj5.weight, (1, 1, 1, 1)) + F.pad(self.proj3.weight, (2, 2, 2, 2))
+        weight = weight + identity
+        b7, b5, b3 = self.proj7.bias, self.proj5.bias, self.proj3.bias
+        assert b7 is not None and b5 is not None and b3 is not None  # refines Optional for TorchScript
+        return weight, b7 + b5 + b3
+
+    def forward(self, X: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the position encoding to each bag's square map.
+
+        Args:
+            X: (B, K, D) tokens; token k < s_b**2 of bag b is cell (k // s_b, k % s_b) of its map.
+            side: (B,) integer, the side s_b of each bag's map (0 = no map), s_b <= ceil(sqrt(K)); None =
+                every bag uses ceil(sqrt(K)) (cells past token K-1 are empty, i.e. zero).
+
+        Returns:
+            (B, K, D): the encoded map tokens; tokens k >= side_b**2 (padding) are returned unchanged.
+        """
+        B, K = X.shape[0], X.shape[1]
+        S = grid_side(K)
+        device = X.device
+        if side is None:
+            side_b = torch.full((B, 1), S, dtype=torch.long, device=device)
+        else:
+            side_b = side.to(device=device, dtype=torch.long).reshape(B, 1)
+        side_1 = side_b.clamp_min(1)
+        batch = torch.arange(B, device=device)
+
+        # Scatter-free layout: grid cell (r, c) of bag b reads token r * s_b + c when r, c < s_b, else zero.
+        r = torch.arange(S, device=device)
+        rows = r.reshape(1, S, 1)
+        cols = r.reshape(1, 1, S)
+        sb = side_b.reshape(B, 1, 1)
+        token = rows * sb + cols  # (B, S, S)
+        in_map = (rows < sb) & (cols < sb) & (token < K)
+        token = torch.where(in_map, token, torch.zeros_like(token))
+        grid = X[batch.reshape(B, 1, 1), token] * in_map.unsqueeze(-1).to(X.dtype)  # (B, S, S, D)
+
+        weight, bias = self.fused_kernel()
+        grid = F.conv2d(grid.permute(0, 3, 1, 2), weight, bias, padding=3, groups=self.dim)
+        grid = grid.permute(0, 2, 3, 1)  # (B, S, S, D)
+
+        # Gather each map token back from its cell; tokens outside the map keep their input value.
+        k = torch.arange(K, device=device).reshape(1, K)
+        row = torch.div(k, side_1, rounding_mode="floor")
+        col = k - row * side_1
+        on_map = k < side_b * side_b
+        row = torch.where(on_map, row, torch.zeros_like(row))
+        col = torch.where(on_map, col, torch.zeros_like(col))
+        Y = grid[batch.reshape(B, 1), row, col]  # (B, K, D)
+        return torch.where(on_map.unsqueeze(-1), Y, X)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

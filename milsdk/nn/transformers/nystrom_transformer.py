@@ -1,0 +1,215 @@
+"""Pre-norm transformer layer and encoder built on masked Nyström attention (Xiong et al., AAAI 2021)."""
+
+from __future__ import annotations
+
+import torch
+
+from milsdk.nn.attention.nystrom_attention import NystromAttention
+
+__all__ = ["NystromTransformerLayer", "NystromTransformerEncoder"]
+
+
+def _linear_or_identity(in_dim: int, out_dim: int) -> torch.nn.Module:
+    return torch.nn.Linear(in_dim, out_dim) if in_dim != out_dim else torch.nn.Identity()
+
+
+class NystromTransformerLayer(torch.nn.Module):
+    r"""Pre-norm transformer layer with Nyström self-attention.
+
+    .. math::
+        X' = P_\text{in} X,\qquad
+        Z = X' + \operatorname{Dropout}(\operatorname{Att}(\operatorname{LN}_1 X', \text{mask})),\qquad
+        Y = P_\text{out}\big(Z + \operatorname{MLP}(\operatorname{LN}_2 Z)\big)
+
+    (the MLP term only with ``use_mlp``; :math:`P_\text{in}`, :math:`P_\text{out}` are linear maps present
+    only when ``in_dim`` / ``out_dim`` differ from ``att_dim``). Real positions never depend on padded ones;
+    outputs at padded positions are finite and meaningless.
+
+    Args:
+        in_dim: token size of the input.
+        out_dim: token size of the output (default ``in_dim``).
+        att_dim: width inside the layer (attention and MLP).
+        n_heads: attention heads (must divide ``att_dim``).
+        learn_weights: learn the attention's q/k/v projections (see :class:`NystromAttention`).
+        n_landmarks: maximum landmarks per bag.
+        pinv_iterations: pseudo-inverse iterations.
+        dropout: dropout on the attention output and inside the MLP.
+        use_mlp: add the MLP sub-block (Linear 4x, GELU, Dropout, Linear, Dropout).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int | None = None,
+        att_dim: int = 512,
+        n_heads: int = 4,
+        learn_weights: bool = True,
+        n_landmarks: int = 256,
+        pinv_iterations: int = 6,
+        dropout: float = 0.0,
+        use_mlp: bool = False,
+    ) -> None:
+        super().__init__()
+        out_dim = in_dim if out_dim is None else out_dim
+        self.in_dim, self.out_dim, self.att_dim, self.use_mlp = in_dim, out_dim, att_dim, use_mlp
+        self.in_proj = _linear_or_identity(in_dim, att_dim)
+        self.norm1 = torch.nn.LayerNorm(att_dim)
+        self.att = NystromAttention(
+            att_dim,
+            att_dim,
+            att_dim=att_dim,
+            n_heads=n_heads,
+            learn_weights=learn_weights,
+            n_landmarks=n_landmarks,
+            pinv_iterations=pinv_iterations,
+        )
+        self.dropout = torch.nn.Dropout(dropout)
+        if use_mlp:
+            self.norm2: torch.nn.Module | None = torch.nn.LayerNorm(att_dim)
+            self.mlp: torch.nn.Module | None = torch.nn.Sequential(
+                torch.nn.Linear(att_dim, 4 * att_dim),
+                torch.nn.GELU(),
+                torch.nn.Dropout(dropout),
+                torch.nn.Linear(4 * att_dim, att_dim),
+                torch.nn.Dropout(dropout),
+            )
+        else:
+            self.norm2 = None
+            self.mlp = None
+        self.out_proj = _linear_or_identity(att_dim, out_dim)
+
+    def forward_att(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``forward(X, mask, return_att=True)`` with one fixed return type (what TorchScript callers use)."""
+        X = self.in_proj(X)
+        att_out, att = self.att.forward_att(self.norm1(X), mask)
+        Y = X + self.dropout(att_out)
+        if self.mlp is not None and self.norm2 is not None:
+            Y = Y + self.mlp(self.norm2(Y))
+        return self.out_proj(Y), att
+
+    def forward(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One layer.
+
+        Args:
+            X: (B, N, in_dim) tokens.
+            mask: (B, N) True / 1 = real token (bool or uint8); None = all real.
+            return_att: also return the attention as Nyström factors (see :class:`NystromAttention`).
+
+        Returns:
+            Y: (B, N, out_dim); with ``return_att`` also ``(kernel1 (B, h, N, m), kernel2_pinv (B, h, m, m),
+            kernel3 (B, h, m, N))``.
+        """
+        Y, att = self.forward_att(X, mask)
+        if return_att:
+            return Y, att
+        return Y
+
+
+class NystromTransformerEncoder(torch.nn.Module):
+    r"""Stack of :class:`NystromTransformerLayer` with a final LayerNorm.
+
+    .. math::
+        X_0 = P_\text{in} X,\quad
+        X_{l} = \operatorname{Layer}_l(X_{l-1}) \;[+\, X_0 \text{ if add\_self}],\quad
+        Y = P_\text{out} \operatorname{LN}(X_L)
+
+    Args:
+        in_dim: token size of the input.
+        out_dim: token size of the output (default ``in_dim``).
+        att_dim: width of every layer.
+        n_heads: attention heads.
+        n_layers: number of layers.
+        n_landmarks: maximum landmarks per bag.
+        pinv_iterations: pseudo-inverse iterations.
+        dropout: dropout of each layer.
+        use_mlp: MLP sub-block in each layer.
+        add_self: add the (projected) encoder input to the output of every layer.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int | None = None,
+        att_dim: int = 512,
+        n_heads: int = 8,
+        n_layers: int = 4,
+        n_landmarks: int = 256,
+        pinv_iterations: int = 6,
+        dropout: float = 0.0,
+        use_mlp: bool = False,
+        add_self: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"NystromTransformerEncoder: n_layers must be >= 1, got {n_layers}")
+        out_dim = in_dim if out_dim is None else out_dim
+        self.in_dim, self.out_dim, self.att_dim, self.add_self = in_dim, out_dim, att_dim, add_self
+        self.in_proj = _linear_or_identity(in_dim, att_dim)
+        self.layers = torch.nn.ModuleList(
+            [
+                NystromTransformerLayer(
+                    att_dim,
+                    att_dim,
+                    att_dim=att_dim,
+                    n_heads=n_heads,
+                    n_landmarks=n_landmarks,
+                    pinv_iterations=pinv_iterations,
+                    dropout=dropout,
+                    use_mlp=use_mlp,
+                )
+                for _ in range(n_layers)
+            ]
+        )
+        self.norm = torch.nn.LayerNorm(att_dim)
+        self.out_proj = _linear_or_identity(att_dim, out_dim)
+
+    def _encode(
+        self, X: torch.Tensor, mask: torch.Tensor | None, keep_att: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        X0 = self.in_proj(X)
+        Y = X0
+        kernel1: list[torch.Tensor] = []
+        kernel2_pinv: list[torch.Tensor] = []
+        kernel3: list[torch.Tensor] = []
+        for layer in self.layers:
+            Y, att = layer.forward_att(Y, mask)
+            if self.add_self:
+                Y = Y + X0
+            if keep_att:
+                kernel1.append(att[0])
+                kernel2_pinv.append(att[1])
+                kernel3.append(att[2])
+        Y = self.out_proj(self.norm(Y))
+        if not keep_att:
+            empty = Y.new_zeros(0)
+            return Y, (empty, empty, empty)
+        return Y, (torch.stack(kernel1), torch.stack(kernel2_pinv), torch.stack(kernel3))
+
+    def forward_att(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``forward(X, mask, return_att=True)`` with one fixed return type (what TorchScript callers use)."""
+        return self._encode(X, mask, True)
+
+    def forward(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Encode the tokens of each bag.
+
+        Args:
+            X: (B, N, in_dim) tokens.
+            mask: (B, N) True / 1 = real token (bool or uint8); None = all real.
+            return_att: also return every layer's attention as Nyström factors stacked over layers.
+
+        Returns:
+            Y: (B, N, out_dim); with ``return_att`` also ``(kernel1 (L, B, h, N, m),
+            kernel2_pinv (L, B, h, m, m), kernel3 (L, B, h, m, N))`` for the L layers.
+        """
+        Y, att = self._encode(X, mask, return_att)
+        if return_att:
+            return Y, att
+        return Y

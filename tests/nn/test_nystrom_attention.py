@@ -1,0 +1,175 @@
+import math
+
+import pytest
+import torch
+
+from milsdk.nn.attention import NystromAttention, moore_penrose_iter_pinv, nystrom_attention_rows
+
+JIT_DEPRECATED = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+
+def _padded_batch(lengths, n_max, dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(len(lengths), n_max, dim, generator=g)
+    mask = torch.zeros(len(lengths), n_max, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+    return X, mask
+
+
+def test_hand_computed_three_tokens_equal_softmax_attention():
+    # 3 tokens, 2 features, q = k = v = x; with 3 <= m landmarks each landmark is one token: exact attention.
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    att = NystromAttention(2, learn_weights=False, n_heads=1, n_landmarks=4, pinv_iterations=20)
+    y = att(x)
+    expected = []
+    for i in range(3):
+        scores = [sum(a * b for a, b in zip(x[0, i], x[0, j])) / math.sqrt(2) for j in range(3)]
+        w = [math.exp(s) for s in scores]
+        w = [v / sum(w) for v in w]
+        expected.append([sum(w[j] * float(x[0, j, c]) for j in range(3)) for c in range(2)])
+    assert torch.allclose(y[0], torch.tensor(expected), atol=1e-5)
+
+
+def test_equals_softmax_attention_when_tokens_fit_landmarks_default_iterations():
+    g = torch.Generator().manual_seed(1)
+    n, d = 6, 8
+    x = 3.0 * torch.eye(d)[:n].unsqueeze(0) + 0.1 * torch.randn(1, n, d, generator=g)  # well-conditioned
+    att = NystromAttention(d, learn_weights=False, n_heads=1, n_landmarks=8)  # 6 pinv iterations
+    y, factors = att(x, return_att=True)
+    A = torch.softmax(x @ x.transpose(1, 2) / math.sqrt(d), dim=-1)
+    assert (y - A @ x).abs().max() <= 1e-4
+    assert ((factors[0] @ factors[1] @ factors[2])[:, 0] - A).abs().max() <= 1e-4
+
+
+def test_equals_softmax_attention_with_learned_projections_when_pinv_converges():
+    torch.manual_seed(0)
+    att = NystromAttention(16, att_dim=16, n_heads=2, n_landmarks=32, pinv_iterations=25)
+    x = torch.randn(2, 20, 16)
+    with torch.no_grad():
+        y = att(x)
+        q, k, v = att.qkv(x).chunk(3, dim=-1)
+
+        def heads(t):
+            return t.reshape(2, 20, 2, 8).transpose(1, 2)
+
+        A = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(8), dim=-1)
+        ref = att.out_proj((A @ heads(v)).transpose(1, 2).reshape(2, 20, 16))
+    assert (y - ref).abs().max() <= 1e-4
+
+
+def test_pinv_of_well_conditioned_matrix_is_its_inverse():
+    g = torch.Generator().manual_seed(2)
+    M = torch.randn(3, 10, 10, generator=g) + 10 * torch.eye(10)
+    assert (moore_penrose_iter_pinv(M) - torch.linalg.inv(M)).abs().max() <= 1e-5
+
+
+def test_pinv_scaling_is_per_matrix_not_per_batch():
+    g = torch.Generator().manual_seed(3)
+    M = torch.randn(3, 6, 6, generator=g) + 6 * torch.eye(6)
+    alone = torch.stack([moore_penrose_iter_pinv(M[i : i + 1])[0] for i in range(3)])
+    scaled = torch.stack([M[0], 1000 * M[1], M[2] / 1000])  # a global max would change the other matrices
+    together = moore_penrose_iter_pinv(scaled)
+    assert (together[0] - alone[0]).abs().max() <= 1e-6
+    assert (together[1] * 1000 - alone[1]).abs().max() <= 1e-5
+    assert (together[2] / 1000 - alone[2]).abs().max() <= 1e-5
+
+
+def test_pinv_zero_matrix_and_zero_padded_block():
+    assert torch.equal(moore_penrose_iter_pinv(torch.zeros(2, 4, 4)), torch.zeros(2, 4, 4))
+    g = torch.Generator().manual_seed(4)
+    S = torch.softmax(torch.randn(5, 5, generator=g), dim=-1) + torch.eye(5)
+    block = torch.zeros(8, 8)
+    block[:5, :5] = S
+    P = moore_penrose_iter_pinv(block)
+    assert (P[:5, :5] - moore_penrose_iter_pinv(S)).abs().max() <= 1e-6
+    assert P[5:].abs().max() == 0 and P[:, 5:].abs().max() == 0
+
+
+@pytest.mark.parametrize("n_landmarks", [1, 4, 64])
+def test_padding_never_changes_real_outputs(n_landmarks):
+    torch.manual_seed(0)
+    att = NystromAttention(12, att_dim=16, n_heads=4, n_landmarks=n_landmarks).eval()
+    lengths = [41, 17, 4, 1]
+    X, mask = _padded_batch(lengths, 41, 12)
+    with torch.no_grad():
+        y, factors = att(X, mask, return_att=True)
+        rows = nystrom_attention_rows(factors, torch.tensor([0]))  # (B, h, 1, L)
+        for b, n in enumerate(lengths):
+            y_alone, f_alone = att(X[b : b + 1, :n], return_att=True)
+            assert (y[b, :n] - y_alone[0]).abs().max() <= 1e-5
+            assert (y[b, n:] == 0).all()
+            row_alone = nystrom_attention_rows(f_alone, torch.tensor([0]))[0]
+            assert (rows[b, :, :, :n] - row_alone).abs().max() <= 1e-5
+            assert (rows[b, :, :, n:] == 0).all()
+
+
+def test_mask_with_holes_equals_compacted_bag():
+    torch.manual_seed(0)
+    att = NystromAttention(8, att_dim=8, n_heads=2, n_landmarks=3).eval()
+    X = torch.randn(1, 10, 8)
+    keep = torch.tensor([[1, 0, 1, 1, 0, 0, 1, 1, 0, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        y = att(X, keep)
+        y_compact = att(X[:, keep[0]])
+    assert (y[:, keep[0]] - y_compact).abs().max() <= 1e-5
+
+
+def test_uint8_and_bool_masks_equal():
+    torch.manual_seed(0)
+    att = NystromAttention(8, att_dim=8, n_heads=2, n_landmarks=4)
+    X, mask = _padded_batch([9, 3], 9, 8)
+    assert torch.equal(att(X, mask), att(X, mask.to(torch.uint8)))
+
+
+def test_one_token_bag_returns_projected_value():
+    torch.manual_seed(0)
+    att = NystromAttention(6, att_dim=8, n_heads=2, n_landmarks=4)
+    x = torch.randn(1, 1, 6)
+    y, (k1, pinv, k3) = att(x, return_att=True)
+    v = att.qkv(x).chunk(3, dim=-1)[2]
+    assert torch.allclose(y, att.out_proj(v), atol=1e-6)
+    assert torch.allclose(k1, torch.ones_like(k1)) and torch.allclose(pinv, torch.ones_like(pinv))
+
+
+def test_all_masked_row_is_finite_zero_and_harmless():
+    torch.manual_seed(0)
+    att = NystromAttention(8, att_dim=8, n_heads=2, n_landmarks=4)
+    X, mask = _padded_batch([7, 0], 7, 8)
+    y, factors = att(X, mask, return_att=True)
+    assert torch.isfinite(y).all() and all(torch.isfinite(f).all() for f in factors)
+    assert y[1].abs().max() == 0
+    assert (y[0] - att(X[:1])[0]).abs().max() <= 1e-5
+    y.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in att.parameters())
+
+
+def test_attention_factor_shapes_cap_landmarks_at_length():
+    att = NystromAttention(8, out_dim=5, att_dim=12, n_heads=3, n_landmarks=16)
+    y, (k1, pinv, k3) = att(torch.randn(2, 10, 8), return_att=True)
+    assert y.shape == (2, 10, 5)
+    assert k1.shape == (2, 3, 10, 10) and pinv.shape == (2, 3, 10, 10) and k3.shape == (2, 3, 10, 10)
+    _, (k1, pinv, k3) = att(torch.randn(2, 40, 8), return_att=True)
+    assert k1.shape == (2, 3, 40, 16) and pinv.shape == (2, 3, 16, 16) and k3.shape == (2, 3, 16, 40)
+    assert torch.allclose(k1.sum(-1), torch.ones(2, 3, 40))
+    assert torch.allclose(k3.sum(-1), torch.ones(2, 3, 16))
+
+
+def test_invalid_configuration_raises():
+    with pytest.raises(ValueError, match="n_heads"):
+        NystromAttention(8, att_dim=10, n_heads=4)
+    with pytest.raises(ValueError, match="n_landmarks"):
+        NystromAttention(8, n_landmarks=0)
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_torchscript_matches_eager():
+    torch.manual_seed(0)
+    att = NystromAttention(8, att_dim=16, n_heads=4, n_landmarks=5).eval()
+    scripted = torch.jit.script(att)
+    for lengths, n_max in (([13, 6, 1], 13), ([2], 2), ([30, 0], 30)):
+        X, mask = _padded_batch(lengths, n_max, 8)
+        y, factors = scripted(X, mask, True)
+        y_ref, factors_ref = att(X, mask, return_att=True)
+        assert (y - y_ref).abs().max() <= 1e-6
+        assert all((a - b).abs().max() <= 1e-6 for a, b in zip(factors, factors_ref))

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from milsdk.nn.transformers import NystromTransformerEncoder, NystromTransformerLayer
+
+JIT_DEPRECATED = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+
+def _padded_batch(lengths, n_max, dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(len(lengths), n_max, dim, generator=g)
+    mask = torch.zeros(len(lengths), n_max, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+    return X, mask
+
+
+def test_layer_is_pre_norm_residual():
+    torch.manual_seed(0)
+    layer = NystromTransformerLayer(8, att_dim=8, n_heads=2, n_landmarks=4).eval()
+    X, mask = _padded_batch([6, 3], 6, 8)
+    with torch.no_grad():
+        expected = X + layer.att(layer.norm1(X), mask)
+        assert (layer(X, mask) - expected).abs().max() <= 1e-6
+
+
+def test_layer_projections_mlp_and_attention_shapes():
+    layer = NystromTransformerLayer(6, out_dim=5, att_dim=8, n_heads=2, n_landmarks=3, use_mlp=True)
+    Y, (k1, pinv, k3) = layer(torch.randn(2, 9, 6), return_att=True)
+    assert Y.shape == (2, 9, 5)
+    assert k1.shape == (2, 2, 9, 3) and pinv.shape == (2, 2, 3, 3) and k3.shape == (2, 2, 3, 9)
+    assert isinstance(layer.in_proj, torch.nn.Linear) and isinstance(layer.out_proj, torch.nn.Linear)
+
+
+@pytest.mark.parametrize("use_mlp,add_self", [(False, False), (True, True)])
+def test_encoder_padding_never_changes_real_outputs(use_mlp, add_self):
+    torch.manual_seed(0)
+    enc = NystromTransformerEncoder(
+        10, 7, att_dim=16, n_heads=4, n_layers=3, n_landmarks=5, use_mlp=use_mlp, add_self=add_self
+    ).eval()
+    lengths = [33, 12, 5, 1]
+    X, mask = _padded_batch(lengths, 33, 10)
+    with torch.no_grad():
+        Y = enc(X, mask)
+        for b, n in enumerate(lengths):
+            assert (Y[b, :n] - enc(X[b : b + 1, :n])[0]).abs().max() <= 1e-5
+
+
+def test_encoder_returns_attention_stacked_over_layers():
+    enc = NystromTransformerEncoder(4, att_dim=8, n_heads=2, n_layers=3, n_landmarks=6)
+    Y, (k1, pinv, k3) = enc(torch.randn(2, 11, 4), return_att=True)
+    assert Y.shape == (2, 11, 4)
+    assert k1.shape == (3, 2, 2, 11, 6) and pinv.shape == (3, 2, 2, 6, 6) and k3.shape == (3, 2, 2, 6, 11)
+
+
+def test_uint8_and_bool_masks_equal_and_all_masked_row_is_finite():
+    torch.manual_seed(0)
+    enc = NystromTransformerEncoder(6, att_dim=8, n_heads=2, n_layers=2, n_landmarks=3, use_mlp=True)
+    X, mask = _padded_batch([8, 0, 2], 8, 6)
+    Y = enc(X, mask)
+    assert torch.equal(Y, enc(X, mask.to(torch.uint8)))
+    assert torch.isfinite(Y).all()
+    Y[mask].sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+
+
+def test_invalid_layer_count_raises():
+    with pytest.raises(ValueError, match="n_layers"):
+        NystromTransformerEncoder(4, n_layers=0)
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_torchscript_matches_eager():
+    torch.manual_seed(0)
+    enc = NystromTransformerEncoder(6, 3, att_dim=8, n_heads=2, n_layers=2, n_landmarks=4, use_mlp=True)
+    enc.eval()
+    layer = NystromTransformerLayer(6, att_dim=8, n_heads=2, n_landmarks=4).eval()
+    X, mask = _padded_batch([14, 5, 1], 14, 6)
+    with torch.no_grad():
+        Y, att = torch.jit.script(enc)(X, mask, True)
+        Y_ref, att_ref = enc(X, mask, return_att=True)
+        assert (Y - Y_ref).abs().max() <= 1e-6
+        assert all((a - b).abs().max() <= 1e-6 for a, b in zip(att, att_ref))
+        assert (torch.jit.script(layer)(X, mask) - layer(X, mask)).abs().max() <= 1e-6
