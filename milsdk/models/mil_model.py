@@ -66,8 +66,9 @@ def _record_config(init):
 class MILModel(torch.nn.Module):
     """Base class of every MIL model (see the module docstring for the contract)."""
 
-    # Python-only properties that torch.jit.script must not compile.
+    # Python-only properties that torch.jit.script must not compile; class attributes it must see.
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
+    __constants__ = ["attention_output"]
 
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     attention_output: ClassVar[str] = "logits"

@@ -192,6 +192,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             objects that are not plain data (refused: loading them could run code).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
