@@ -1,0 +1,92 @@
+"""``milsdk export``: a thin layer over :func:`milsdk.export.api.export_checkpoint` (parsing, progress, exit
+codes)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import click
+
+
+@click.command("export")
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "torchscript", "all"]),
+    default=None,
+    help="Artifacts to write. Default: the profile's (cpu: all).",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Output folder [exports/NAME].")
+@click.option(
+    "--triton",
+    "triton_repo",
+    type=click.Path(path_type=Path),
+    help="Also add the model to this Triton model repository.",
+)
+@click.option("--name", help="Model name (Triton model and folder name) [from the checkpoint file name].")
+@click.option(
+    "--version",
+    "model_version",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Triton model version.",
+)
+@click.option("--opset", type=click.IntRange(13, 24), help="ONNX opset [the profile's, 18].")
+@click.option(
+    "--max-batch-size", type=click.IntRange(min=1), help="Triton max_batch_size [the profile's, 8]."
+)
+@click.option(
+    "--profile",
+    default="cpu",
+    show_default=True,
+    help="Profile name (cpu, gpu-fp16, triton-python) or path to a .toml profile.",
+)
+def export(
+    ckpt: Path,
+    fmt: str | None,
+    output: Path | None,
+    triton_repo: Path | None,
+    name: str | None,
+    model_version: int,
+    opset: int | None,
+    max_batch_size: int | None,
+    profile: str,
+) -> None:
+    """Export a checkpoint to ONNX / TorchScript, verify it against PyTorch, optionally add it to a Triton
+    repository.
+
+    Nothing is written unless every artifact passes verification (parity with eager PyTorch at batch sizes 1-8
+    and bag sizes 1-5000, padding invariance, finite one-instance bags); the report is written beside the
+    artifacts (verification.json / verification.md).
+
+    \b
+    Examples:
+      milsdk export abmil.ckpt
+      milsdk export abmil.ckpt --format onnx --triton model_repository --version 2
+      milsdk export abmil.ckpt --profile gpu-fp16 --triton model_repository
+      milsdk export abmil.ckpt --profile triton-python --triton model_repository
+    """
+    from milsdk.export.api import default_name, export_checkpoint
+
+    name = name or default_name(ckpt)
+    formats = None if fmt is None else (("onnx", "torchscript") if fmt == "all" else (fmt,))
+    steps = itertools.count(1)
+    result = export_checkpoint(
+        ckpt,
+        output or Path("exports") / name,
+        formats,
+        triton_repo=triton_repo,
+        name=name,
+        version=model_version,
+        opset=opset,
+        max_batch_size=max_batch_size,
+        profile=profile,
+        progress=lambda message: click.echo(f"[{next(steps)}] {message}", err=True),
+    )
+    click.echo(result.table())
+    click.echo(f"verification report: {result.reports[1]}")
+    if result.triton_dir is not None:
+        click.echo(f"Triton model: {result.triton_dir} ({result.profile.triton_backend} backend)")

@@ -1,0 +1,231 @@
+"""ONNX export of a MIL model in the deployment signature (torch.onnx dynamo exporter, dynamic B and N).
+
+Default opset: 18. It is the lowest opset that keeps the exported graph in its natural form (ReduceMax /
+ReduceSum with axes as inputs, LayerNormalization since 17), and onnxruntime >= 1.14 runs it, which covers
+every Triton container with the onnxruntime backend from 23.04 on. Raise it (``--opset``) only when a newer
+runtime needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import torch
+
+from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
+from milsdk.errors import ArtifactError, ExportError
+from milsdk.export.files import atomic_write
+from milsdk.export.quiet import first_line, quiet_exporter
+from milsdk.export.signature import (
+    DeploymentModule,
+    dynamic_shapes,
+    example_inputs,
+    model_info,
+    with_export_details,
+)
+from milsdk.export.spec import TensorSpec, signature_specs
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "check_onnx_signature",
+    "export_onnx",
+    "load_onnx",
+    "onnx_signature",
+    "read_onnx_info",
+]
+
+DEFAULT_OPSET = 18
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "?"
+    dims: list[int | str] = []
+    for d in tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return TensorSpec(value.name, dtype, tuple(dims))
+
+
+def onnx_signature(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of an ONNX graph as TensorSpecs (symbolic axes by dim_param, "?" if unnamed)."""
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [_value_spec(v) for v in proto.graph.input if v.name not in initializers]
+    return inputs, [_value_spec(v) for v in proto.graph.output]
+
+
+def read_onnx_info(proto: onnx.ModelProto, source: str = "model.onnx") -> ModelInfo:
+    """The milsdk metadata stored in ``metadata_props``.
+
+    Raises:
+        ArtifactError: the file has no milsdk metadata, or it is invalid.
+    """
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ArtifactError(
+            f"{source}: no milsdk metadata (metadata_props has no {METADATA_KEY!r}); not a milsdk export"
+        )
+    return ModelInfo.from_json(props[METADATA_KEY], source=source)
+
+
+def check_onnx_signature(
+    proto: onnx.ModelProto, expected: tuple[list[TensorSpec], list[TensorSpec]], source: str = "model.onnx"
+) -> None:
+    """Check the graph's inputs and outputs against the contract: names and order, dtypes, fixed sizes, and
+    that every dynamic axis (batch, bag) is symbolic.
+
+    Raises:
+        ExportError: naming the tensor and axis that differs (e.g. a bag axis frozen to the example size).
+    """
+    found_in, found_out = onnx_signature(proto)
+    for kind, found, wanted in (("input", found_in, expected[0]), ("output", found_out, expected[1])):
+        if [s.name for s in found] != [s.name for s in wanted]:
+            raise ExportError(
+                f"{source}: ONNX {kind}s are {[s.name for s in found]}, "
+                f"the contract needs {[s.name for s in wanted]}"
+            )
+        for got, want in zip(found, wanted):
+            if got.dtype != want.dtype:
+                raise ExportError(
+                    f"{source}: ONNX {kind} {got.name!r} is {got.dtype}, the contract needs {want.dtype}"
+                )
+            if len(got.shape) != len(want.shape):
+                raise ExportError(
+                    f"{source}: ONNX {kind} {got.name!r} has rank {len(got.shape)}, "
+                    f"the contract needs {len(want.shape)}"
+                )
+            for axis, (g, w) in enumerate(zip(got.shape, want.shape)):
+                if isinstance(w, str) and not isinstance(g, str):
+                    raise ExportError(
+                        f"{source}: ONNX {kind} {got.name!r} axis {axis} ({w}) was exported with the fixed "
+                        f"size {g}, so the artifact would only accept that size; it must be symbolic"
+                    )
+                if isinstance(w, int) and g != w:
+                    raise ExportError(
+                        f"{source}: ONNX {kind} {got.name!r} axis {axis} is {g}, the contract needs {w}"
+                    )
+
+
+def _name_dims(proto: onnx.ModelProto, expected: tuple[list[TensorSpec], list[TensorSpec]]) -> None:
+    """Give the symbolic axes of the graph's inputs and outputs the contract's names (batch, n_instances)."""
+    rename: dict[str, str] = {}
+    values = list(proto.graph.input) + list(proto.graph.output)
+    specs = expected[0] + expected[1]
+    for value, spec in zip(values, specs):
+        for d, w in zip(value.type.tensor_type.shape.dim, spec.shape):
+            if isinstance(w, str) and d.dim_param and d.dim_param != w:
+                rename.setdefault(d.dim_param, w)
+    if not rename:
+        return
+    for value in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
+# -- export --------------------------------------------------------------------------------------------------
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "float32",
+    features_dtype: str = "float32",
+    example_batch: int = 2,
+    example_instances: int = 16,
+    info: ModelInfo | None = None,
+) -> Path:
+    """Export ``model`` to ONNX in the deployment signature and write it atomically.
+
+    torch.onnx.export(dynamo=True) with named ``torch.export.Dim``s for the batch and bag axes; afterwards the
+    graph's input and output axes are checked to be symbolic, the ModelInfo JSON is stored in
+    ``metadata_props`` under :data:`~milsdk.contract.METADATA_KEY`, and ``onnx.checker`` validates the model.
+
+    Args:
+        model: a MILModel with in_shape (D,).
+        path: destination ``.onnx`` file.
+        opset: ONNX opset (default 18, see the module docstring).
+        precision: "float32" or "float16" compute (float16 keeps the attention softmax and the outputs
+            float32).
+        features_dtype: dtype of the ``features`` input, "float32" (default) or "float16".
+        example_batch, example_instances: example sizes, both >= 2 (a size-1 example specialises its axis).
+        info: metadata to embed (default :func:`~milsdk.export.signature.model_info` of the model).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: the exporter failed, or the graph does not have the contract's names, dtypes or dynamic
+            axes.
+    """
+    path = Path(path)
+    module = DeploymentModule(model, precision)
+    base = info if info is not None else model_info(model)
+    info = with_export_details(
+        base,
+        format="onnx",
+        opset=int(opset),
+        precision=precision,
+        features_dtype=features_dtype,
+        example_sizes=[int(example_batch), int(example_instances)],
+    )
+    args = example_inputs(module, example_batch, example_instances, features_dtype)
+    with quiet_exporter(), torch.no_grad():
+        try:
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes(module),
+                input_names=module.input_names,
+                output_names=[LOGITS, ATTENTION],
+                opset_version=int(opset),
+                verbose=False,
+                report=False,
+                optimize=True,
+            )
+        except Exception as exc:
+            raise ExportError(f"{info.model_name}: torch.onnx.export failed: {first_line(exc)}") from exc
+    if program is None:
+        raise ExportError(f"{info.model_name}: torch.onnx.export returned no program")
+    proto = program.model_proto
+    expected = signature_specs(info, features_dtype)
+    _name_dims(proto, expected)
+    check_onnx_signature(proto, expected, source=str(path))
+    for prop in [p for p in proto.metadata_props if p.key == METADATA_KEY]:
+        proto.metadata_props.remove(prop)
+    proto.metadata_props.add(key=METADATA_KEY, value=info.to_json())
+    proto.doc_string = (
+        f"milsdk {info.milsdk_version} export of {info.model_name} (D={info.feature_dim}, C={info.n_classes})"
+    )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(
+            f"{info.model_name}: the exported ONNX model is invalid: {first_line(exc)}"
+        ) from exc
+    try:
+        atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise ExportError(f"{path}: cannot save the ONNX model: {first_line(exc)}") from exc
+    return path
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file (weights included).
+
+    Raises:
+        ArtifactError: missing or not an ONNX model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    try:
+        return onnx.load_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - onnx raises anything on a foreign file
+        raise ArtifactError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None

@@ -1,0 +1,339 @@
+"""Triton model repository writer and checker.
+
+``write_triton_model`` lays out one model::
+
+    REPO/<name>/config.pbtxt
+    REPO/<name>/<version>/model.onnx            backend "onnxruntime": platform "onnxruntime_onnx"
+    REPO/<name>/<version>/model.pt              backend "pytorch":     platform "pytorch_libtorch"
+    REPO/<name>/<version>/model.py + model.onnx backend "python":      backend "python" (onnxruntime inside)
+
+with the deployment contract's inputs and outputs: the batch axis is implicit (``max_batch_size`` > 0), the
+bag axis is -1, D and C are fixed. The milsdk metadata (ModelInfo JSON) is also stored as the config parameter
+``milsdk.json``, so a client can read it from the server (``get_model_config``) for every backend.
+
+PyTorch backend naming: Triton's libtorch backend binds config inputs to the TorchScript ``forward`` arguments
+by name when every config input name is a forward argument (its FORWARD_ARGUMENT convention), and outputs
+whose names lack the ``<name>__<index>`` form in config order (STRICT_CONFIG_ORDERING; the server logs a
+one-line warning). The contract names therefore work unchanged: ``forward(features, mask)`` returns ``(logits,
+attention)`` in the config's order. Its input count must equal the forward's argument count, which is why the
+deployment module's forward takes exactly the model's inputs.
+
+``read_triton_config`` parses a config.pbtxt (protobuf text format, the subset Triton configs use) and
+``check_triton_model`` compares it field by field with the artifact it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from milsdk.contract import METADATA_KEY, ModelInfo
+from milsdk.errors import ArtifactError, ExportError
+from milsdk.export.files import place_tree
+from milsdk.export.pbtxt import parse_pbtxt
+from milsdk.export.profiles import TRITON_BACKENDS, InstanceGroup
+from milsdk.export.spec import BATCH_DIM, TensorSpec, signature_specs
+
+__all__ = [
+    "TRITON_DTYPES",
+    "build_triton_model",
+    "check_model_name",
+    "check_triton_model",
+    "python_model_source",
+    "read_triton_config",
+    "triton_config_text",
+    "write_triton_model",
+]
+
+#: numpy dtype name -> Triton data type.
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL", "int64": "TYPE_INT64"}
+#: backend -> (config line, files in the version folder).
+_LAYOUT = {
+    "onnxruntime": ('platform: "onnxruntime_onnx"', ("model.onnx",)),
+    "pytorch": ('platform: "pytorch_libtorch"', ("model.pt",)),
+    "python": ('backend: "python"', ("model.py", "model.onnx")),
+}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a usable Triton model / folder name (letters, digits, ``_ . -``).
+
+    Raises:
+        ExportError: otherwise.
+    """
+    if not _NAME.match(name) or name in (".", ".."):
+        raise ExportError(f"model name {name!r} may use only letters, digits, '_', '.' and '-'")
+    return name
+
+
+def python_model_source() -> str:
+    """The Python-backend ``model.py`` (see :mod:`milsdk.export.triton_python_model`)."""
+    return (Path(__file__).parent / "triton_python_model.py").read_text()
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _tensor_block(spec: TensorSpec) -> str:
+    if spec.shape[0] != BATCH_DIM:
+        raise ExportError(f"Triton config: {spec.name} has no leading batch axis ({spec.describe()})")
+    dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in spec.shape[1:])
+    fields = [f"name: {_quote(spec.name)}", f"data_type: {TRITON_DTYPES[spec.dtype]}", f"dims: [ {dims} ]"]
+    return "  {\n" + "".join(f"    {field}\n" for field in fields) + "  }"
+
+
+def triton_config_text(
+    name: str,
+    info: ModelInfo,
+    *,
+    backend: str = "onnxruntime",
+    max_batch_size: int = 8,
+    instance_groups: Sequence[InstanceGroup] = (InstanceGroup(),),
+    dynamic_batching: bool = False,
+    features_dtype: str = "float32",
+) -> str:
+    """The config.pbtxt of one model (see the module docstring for the layout).
+
+    Args:
+        name: Triton model name (the folder name).
+        info: the artifact's metadata (inputs, D, C).
+        backend: "onnxruntime", "pytorch" or "python".
+        max_batch_size: largest batch B a request may carry (>= 1; the batch axis is then implicit in dims).
+        instance_groups: where instances run (KIND_CPU / KIND_GPU).
+        dynamic_batching: enable Triton's dynamic batcher (off by default, see the comment it writes).
+        features_dtype: dtype of the features input.
+    """
+    if backend not in _LAYOUT:
+        raise ExportError(f"Triton backend must be one of {', '.join(_LAYOUT)}, got {backend!r}")
+    if max_batch_size < 1:
+        raise ExportError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    inputs, outputs = signature_specs(info, features_dtype)
+    groups = []
+    for g in instance_groups:
+        gpus = f"\n    gpus: [ {', '.join(map(str, g.gpus))} ]" if g.gpus else ""
+        groups.append(f"  {{\n    count: {g.count}\n    kind: KIND_{g.kind.upper()}{gpus}\n  }}")
+    lines = [
+        (
+            f"# Written by milsdk {info.milsdk_version} (milsdk export): {info.model_name}, "
+            f"D={info.feature_dim}, C={info.n_classes}."
+        ),
+        f"name: {_quote(name)}",
+        _LAYOUT[backend][0],
+        f"max_batch_size: {int(max_batch_size)}",
+        "input [\n" + ",\n".join(_tensor_block(s) for s in inputs) + "\n]",
+        "output [\n" + ",\n".join(_tensor_block(s) for s in outputs) + "\n]",
+        "instance_group [\n" + ",\n".join(groups) + "\n]",
+    ]
+    if dynamic_batching:
+        lines.append(
+            "# Dynamic batching merges only requests whose bags have the same N; the client still pads and\n"
+            "# batches.\n"
+            "dynamic_batching { }"
+        )
+    else:
+        lines.append(
+            "# No dynamic_batching: Triton's dynamic batcher merges only requests of identical shape, and\n"
+            "# bags differ in N, so it would rarely merge anything; the milsdk client pads and batches bags."
+        )
+    lines.append(
+        f"parameters {{ key: {_quote(METADATA_KEY)} value: {{ string_value: {_quote(info.to_json())} }} }}"
+    )
+    if backend == "onnxruntime":
+        arenas = "cpu:0" + (";gpu:0" if any(g.kind == "gpu" for g in instance_groups) else "")
+        lines.append(
+            "# The onnxruntime arena grows with every new bag size and never shrinks unless told to.\n"
+            'parameters { key: "memory.enable_memory_arena_shrinkage" '
+            f'value: {{ string_value: "{arenas}" }} }}'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_triton_model(
+    model_dir: str | os.PathLike,
+    artifacts: dict[str, str | os.PathLike],
+    info: ModelInfo,
+    *,
+    backend: str = "onnxruntime",
+    version: int = 1,
+    max_batch_size: int = 8,
+    instance_groups: Sequence[InstanceGroup] = (InstanceGroup(),),
+    dynamic_batching: bool = False,
+    features_dtype: str = "float32",
+    extra_files: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """Write one Triton model folder ``model_dir`` (its name is the model name) and check it.
+
+    Args: as :func:`write_triton_model`.
+
+    Returns:
+        ``model_dir``.
+
+    Raises:
+        ExportError: bad name / version / backend, a missing artifact, or a config that does not match it.
+    """
+    model_dir = Path(model_dir)
+    name = check_model_name(model_dir.name)
+    if int(version) < 1:
+        raise ExportError(f"Triton model version must be >= 1, got {version}")
+    if backend not in TRITON_BACKENDS:
+        raise ExportError(f"Triton backend must be one of {', '.join(TRITON_BACKENDS)}, got {backend!r}")
+    fmt = TRITON_BACKENDS[backend]
+    if fmt not in artifacts:
+        raise ExportError(f"Triton backend {backend!r} serves a {fmt} artifact, and none was exported")
+    text = triton_config_text(
+        name,
+        info,
+        backend=backend,
+        max_batch_size=max_batch_size,
+        instance_groups=instance_groups,
+        dynamic_batching=dynamic_batching,
+        features_dtype=features_dtype,
+    )
+    version_dir = model_dir / str(int(version))
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text)
+    shutil.copyfile(artifacts[fmt], version_dir / ("model.pt" if fmt == "torchscript" else "model.onnx"))
+    if backend == "python":
+        (version_dir / "model.py").write_text(python_model_source())
+    for extra in extra_files:
+        shutil.copyfile(extra, version_dir / Path(extra).name)
+    problems = check_triton_model(model_dir)
+    if problems:
+        raise ExportError(f"Triton config for {name} does not match its artifact: {problems[0]}")
+    return model_dir
+
+
+def write_triton_model(
+    repo: str | os.PathLike,
+    name: str,
+    artifacts: dict[str, str | os.PathLike],
+    info: ModelInfo,
+    **options: Any,
+) -> Path:
+    """Write ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/<version>/`` for one exported model.
+
+    The model folder is built in a temporary folder and checked (:func:`check_triton_model`), then moved into
+    the
+    repository: an existing model keeps its other versions; the same version is replaced file by file.
+
+    Args:
+        repo: model repository folder (created if needed).
+        name: Triton model name (letters, digits, ``_ . -``).
+        artifacts: {"onnx": path, "torchscript": path}: the verified artifacts; the backend picks its format.
+        info: the artifact's metadata (stored as the ``milsdk.json`` parameter).
+        **options: ``backend``, ``version`` (>= 1), ``max_batch_size``, ``instance_groups``,
+            ``dynamic_batching``,
+            ``features_dtype`` (see :func:`triton_config_text`), ``extra_files`` (copied into the version
+            folder, e.g. verification.json / verification.md).
+
+    Returns:
+        The model folder ``REPO/<name>``.
+    """
+    with tempfile.TemporaryDirectory(prefix="milsdk-triton-") as stage:
+        model_dir = build_triton_model(Path(stage) / name, artifacts, info, **options)
+        return place_tree(model_dir, Path(repo) / name)
+
+
+def read_triton_config(path: str | os.PathLike) -> dict[str, list[Any]]:
+    """Parse a config.pbtxt (see :func:`milsdk.export.pbtxt.parse_pbtxt` for the form of the result):
+    ``cfg["name"] == ["abmil"]``, ``cfg["input"][0]["dims"] == [-1, 1024]``.
+
+    Raises:
+        ArtifactError: missing file or text it cannot parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    return parse_pbtxt(path.read_text(), source=str(path))
+
+
+def _one(cfg: dict[str, list[Any]], key: str, default: Any = None) -> Any:
+    values = cfg.get(key, [])
+    return values[0] if values else default
+
+
+def _compare_tensors(kind: str, config: list[dict[str, list[Any]]], specs: list[TensorSpec]) -> list[str]:
+    problems = []
+    names = [_one(t, "name") for t in config]
+    if names != [s.name for s in specs]:
+        return [f"{kind}s {names} != artifact {[s.name for s in specs]}"]
+    for entry, spec in zip(config, specs):
+        dtype = _one(entry, "data_type")
+        if dtype != TRITON_DTYPES.get(spec.dtype):
+            problems.append(f"{kind} {spec.name!r} data_type {dtype} != artifact {spec.dtype}")
+        if not isinstance(spec.shape[0], str):
+            problems.append(
+                f"{kind} {spec.name!r}: artifact batch axis is fixed ({spec.shape[0]}), not dynamic"
+            )
+        want = [-1 if isinstance(d, str) else d for d in spec.shape[1:]]
+        if entry.get("dims", []) != want:
+            problems.append(f"{kind} {spec.name!r} dims {entry.get('dims', [])} != artifact {want}")
+    return problems
+
+
+def check_triton_model(model_dir: str | os.PathLike) -> list[str]:
+    """Compare ``model_dir/config.pbtxt`` field by field with the artifact of each version folder.
+
+    Checked: name = folder name; platform / backend and the files it needs; max_batch_size >= 1; inputs and
+    outputs (names in order, data types, dims = the artifact's dims after the implicit batch axis, -1 where
+    the artifact's axis is symbolic); instance kinds; the ``milsdk.json`` parameter = the artifact's metadata.
+    ONNX artifacts are read from the graph; TorchScript ones from their forward schema and metadata.
+
+    Returns:
+        Problems, one line each (empty when the model is consistent).
+    """
+    from milsdk.export.artifact import describe_artifact
+
+    model_dir = Path(model_dir)
+    cfg = read_triton_config(model_dir / "config.pbtxt")
+    problems: list[str] = []
+    if _one(cfg, "name") != model_dir.name:
+        problems.append(f"name {_one(cfg, 'name')!r} != folder {model_dir.name!r}")
+    platform, backend_name = _one(cfg, "platform"), _one(cfg, "backend")
+    backend = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}.get(platform)
+    if backend_name == "python" and platform is None:
+        backend = "python"
+    if backend is None:
+        return problems + [f"unknown platform/backend {platform or backend_name!r}"]
+    if not isinstance(_one(cfg, "max_batch_size"), int) or _one(cfg, "max_batch_size") < 1:
+        problems.append(f"max_batch_size {_one(cfg, 'max_batch_size')!r} must be >= 1 (implicit batch axis)")
+    for group in cfg.get("instance_group", []):
+        if _one(group, "kind") not in ("KIND_CPU", "KIND_GPU"):
+            problems.append(f"instance_group kind {_one(group, 'kind')!r} is not KIND_CPU / KIND_GPU")
+    params = {_one(p, "key"): _one(_one(p, "value", {}), "string_value") for p in cfg.get("parameters", [])}
+    versions = [d for d in sorted(model_dir.iterdir()) if d.is_dir() and d.name.isdigit()]
+    if not versions:
+        problems.append("no version folder (e.g. 1/)")
+    for version in versions:
+        for needed in _LAYOUT[backend][1]:
+            if not (version / needed).is_file():
+                problems.append(f"{version.name}/{needed} is missing for backend {backend!r}")
+        artifact = version / ("model.pt" if backend == "pytorch" else "model.onnx")
+        if not artifact.is_file():
+            continue
+        try:
+            desc = describe_artifact(artifact)
+        except ArtifactError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _compare_tensors("input", cfg.get("input", []), desc.inputs)
+        problems += _compare_tensors("output", cfg.get("output", []), desc.outputs)
+        if params.get(METADATA_KEY) is not None and json.loads(params[METADATA_KEY]) != json.loads(
+            desc.info.to_json()
+        ):
+            problems.append(
+                f"parameter {METADATA_KEY!r} differs from {version.name}/{artifact.name}'s metadata"
+            )
+        if [s.name for s in desc.inputs] != list(desc.info.inputs):
+            problems.append(
+                f"{version.name}/{artifact.name} inputs differ from its metadata's {desc.info.inputs}"
+            )
+    return problems

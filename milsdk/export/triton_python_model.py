@@ -1,0 +1,128 @@
+"""Triton Python-backend model for a milsdk ONNX export (copied as ``<repo>/<name>/<version>/model.py``).
+
+It runs ``model.onnx`` from the same version folder with onnxruntime: the CUDA execution provider first when
+the instance is a GPU instance and onnxruntime has CUDA, the CPU provider otherwise. Inputs and outputs are
+the deployment contract's (``features``, ``mask`` -> ``logits``, ``attention``), named by the model's
+config.pbtxt.
+
+Server-side Python needs numpy and onnxruntime, no torch and no milsdk. Use numpy<2 there: the Python-backend
+stub of Triton <= 2.51 hands arrays over in numpy 1.x layout, and under numpy 2 outputs come back empty. Under
+numpy 2 this file falls back to DLPack transfers, which give correct outputs but log a traceback per output.
+
+The inference itself is :func:`infer` (numpy in, numpy out), importable and testable without Triton; the
+``TritonPythonModel`` class is only the glue to ``triton_python_backend_utils``.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside a Triton server: only the pure functions below are usable
+    pb_utils = None
+
+_NUMPY_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(bool)": np.bool_,
+    "tensor(int64)": np.int64,
+}
+
+
+def providers_for(instance_kind="CPU", device_id=0):
+    """onnxruntime execution providers for a Triton instance kind ("CPU", "GPU", "MODEL"), best first."""
+    available = ort.get_available_providers()
+    if instance_kind != "CPU" and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"device_id": int(device_id)}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(model_path, instance_kind="CPU", device_id=0):
+    """An onnxruntime session for ``model_path`` on the providers of :func:`providers_for`."""
+    options = ort.SessionOptions()
+    # Bag sizes vary per request: per-shape memory patterns only cost memory.
+    options.enable_mem_pattern = False
+    return ort.InferenceSession(model_path, options, providers=providers_for(instance_kind, device_id))
+
+
+def run_options_for(session):
+    """Run options that shrink the memory arenas after each run (the arena grows with every new bag size)."""
+    options = ort.RunOptions()
+    arenas = ["cpu:0"]
+    if "CUDAExecutionProvider" in session.get_providers():
+        device = session.get_provider_options().get("CUDAExecutionProvider", {}).get("device_id", "0")
+        arenas.append("gpu:" + str(device))
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", ";".join(arenas))
+    return options
+
+
+def infer(session, inputs, run_options=None):
+    """Run one padded batch.
+
+    Args:
+        session: from :func:`create_session`.
+        inputs: {input name: array}: features (B, N, D) float, mask (B, N) bool (any 0/1 dtype is converted).
+        run_options: from :func:`run_options_for`, or None.
+
+    Returns:
+        {output name: array}: logits (B, C) float32, attention (B, N) float32.
+    """
+    feeds = {}
+    for meta in session.get_inputs():
+        if meta.name not in inputs:
+            expected = [m.name for m in session.get_inputs()]
+            raise ValueError(f"missing input '{meta.name}' (the model takes {expected})")
+        feeds[meta.name] = np.ascontiguousarray(inputs[meta.name], dtype=_NUMPY_DTYPES.get(meta.type))
+    names = [meta.name for meta in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds, run_options)))
+
+
+class TritonPythonModel:
+    """Triton Python-backend entry points: thin glue around :func:`infer`."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_names = [o["name"] for o in config["output"]]
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = create_session(
+            path, args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id", 0)
+        )
+        self.run_options = run_options_for(self.session)
+        self.dlpack = int(np.__version__.split(".")[0]) >= 2
+        if self.dlpack and hasattr(pb_utils, "Logger"):
+            pb_utils.Logger.log_warn(
+                f"numpy {np.__version__}: using DLPack transfers; install numpy<2 in the server's Python "
+                "for clean logs"
+            )
+
+    def _read(self, request, name):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            raise ValueError(f"request has no input '{name}'")
+        return np.from_dlpack(tensor) if self.dlpack else tensor.as_numpy()
+
+    def _tensor(self, name, array):
+        array = np.ascontiguousarray(array)
+        return pb_utils.Tensor.from_dlpack(name, array) if self.dlpack else pb_utils.Tensor(name, array)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                outputs = infer(
+                    self.session, {n: self._read(request, n) for n in self.input_names}, self.run_options
+                )
+                tensors = [self._tensor(n, outputs[n]) for n in self.output_names]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others in the batch
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+                )
+        return responses
+
+    def finalize(self):
+        self.session = None

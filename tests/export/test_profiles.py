@@ -1,0 +1,97 @@
+"""Export profiles: the packaged TOML files, loading by name or path, one-line errors naming file and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from milsdk.errors import ExportError
+from milsdk.export.profiles import PROFILES_DIR, InstanceGroup, list_profiles, load_profile
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_packaged_profiles_are_the_top_level_folder():
+    link = REPO / "milsdk" / "export" / "profiles"
+    assert link.is_symlink() and os.readlink(link) == "../../export/profiles"
+    assert PROFILES_DIR.resolve() == (REPO / "export" / "profiles").resolve()
+    assert list_profiles() == ["cpu", "gpu-fp16", "triton-python"]
+
+
+def test_packaged_profiles():
+    cpu, gpu, python = (load_profile(n) for n in ("cpu", "gpu-fp16", "triton-python"))
+    assert load_profile(None) == cpu
+    assert (cpu.precision, cpu.opset, cpu.max_batch_size, cpu.formats) == (
+        "float32",
+        18,
+        8,
+        ("onnx", "torchscript"),
+    )
+    assert (cpu.triton_backend, cpu.instance_groups, cpu.dynamic_batching) == (
+        "onnxruntime",
+        (InstanceGroup(),),
+        False,
+    )
+    assert (gpu.precision, gpu.features_dtype, gpu.uses_gpu) == ("float16", "float32", True)
+    assert gpu.instance_groups == (InstanceGroup("gpu", 1, (0,)),)
+    assert (python.triton_backend, python.triton_format, python.uses_gpu) == ("python", "onnx", False)
+    assert all(p.description for p in (cpu, gpu, python))
+
+
+def _toml(tmp_path, text, name="custom.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_profile_from_a_path(tmp_path):
+    path = _toml(
+        tmp_path,
+        'formats = ["torchscript"]\nmax_batch_size = 2\n[triton]\nbackend = "pytorch"\n'
+        '[[triton.instance_group]]\nkind = "gpu"\ncount = 3\n',
+    )
+    profile = load_profile(str(path))
+    assert (profile.name, profile.path, profile.triton_format) == ("custom", path, "torchscript")
+    assert profile.max_batch_size == 2 and profile.instance_groups == (InstanceGroup("gpu", 3),)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("opset = 18\nprecison = 'float16'\n", "key 'precison' is unknown"),
+        (
+            "[triton]\nbackend = 'tensorrt'\n",
+            "key 'triton.backend' must be one of onnxruntime, python, pytorch",
+        ),
+        ("[triton]\nbatching = true\n", "key 'triton.batching' is unknown"),
+        (
+            "[[triton.instance_group]]\nkind = 'tpu'\n",
+            r"key 'triton.instance_group\[0\].kind' must be one of cpu, gpu",
+        ),
+        ("[[triton.instance_group]]\ngpus = [0]\n", "only valid with kind"),
+        ("max_batch_size = 0\n", "key 'max_batch_size' must be >= 1"),
+        ("max_batch_size = '8'\n", "key 'max_batch_size' must be int"),
+        ("precision = 'bfloat16'\n", "key 'precision' must be one of float32, float16"),
+        (
+            "formats = ['onnx']\n[triton]\nbackend = 'pytorch'\n",
+            "serves torchscript, which is not in formats",
+        ),
+        ("opset = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_profiles_name_the_file_and_key(tmp_path, text, message):
+    path = _toml(tmp_path, text)
+    with pytest.raises(ExportError, match=message) as info:
+        load_profile(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_names_and_missing_files(tmp_path):
+    with pytest.raises(
+        ExportError, match="unknown profile 'gpu'; packaged profiles: cpu, gpu-fp16, triton-python"
+    ):
+        load_profile("gpu")
+    with pytest.raises(ExportError, match="no such file"):
+        load_profile(tmp_path / "nope.toml")

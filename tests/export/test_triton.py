@@ -1,0 +1,151 @@
+"""Triton repository writer: config.pbtxt checked field by field against the ONNX / TorchScript artifact, the
+three
+backends, versions, the config parser, and the Python-backend model.py run directly (numpy in, numpy out)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from milsdk.contract import METADATA_KEY
+from milsdk.errors import ExportError
+from milsdk.export.artifact import read_model_info
+from milsdk.export.onnx import onnx_signature
+from milsdk.export.profiles import InstanceGroup
+from milsdk.export.signature import DeploymentModule
+from milsdk.export.triton import (
+    check_triton_model,
+    python_model_source,
+    read_triton_config,
+    write_triton_model,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+
+
+def _write(tmp_path, artifacts, n_classes=1, backend="onnxruntime", **options):
+    fmt = "torchscript" if backend == "pytorch" else "onnx"
+    path = artifacts[(n_classes, fmt)]
+    return write_triton_model(
+        tmp_path / "repo", f"abmil{n_classes}", {fmt: path}, read_model_info(path), backend=backend, **options
+    )
+
+
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_onnxruntime_config_field_by_field(abmil_artifacts, tmp_path, n_classes):
+    model_dir = _write(tmp_path, abmil_artifacts, n_classes, max_batch_size=6)
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")) == [
+        "1",
+        "1/model.onnx",
+        "config.pbtxt",
+    ]
+    cfg = read_triton_config(model_dir / "config.pbtxt")
+    proto = onnx.load(model_dir / "1" / "model.onnx")
+    inputs, outputs = onnx_signature(proto)
+    assert cfg["name"] == [f"abmil{n_classes}"] and cfg["platform"] == ["onnxruntime_onnx"]
+    assert cfg["max_batch_size"] == [6] and "dynamic_batching" not in cfg
+    triton_types = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
+    for entries, specs in ((cfg["input"], inputs), (cfg["output"], outputs)):
+        assert [e["name"] for e in entries] == [[s.name] for s in specs]
+        for entry, spec in zip(entries, specs):
+            assert entry["data_type"] == [triton_types[spec.dtype]]
+            assert spec.shape[0] == "batch"  # implicit in Triton's dims
+            assert entry["dims"] == [-1 if isinstance(d, str) else d for d in spec.shape[1:]]
+    assert cfg["input"][0]["dims"] == [-1, 1024] and cfg["output"][0]["dims"] == [n_classes]
+    assert cfg["instance_group"] == [{"count": [1], "kind": ["KIND_CPU"]}]
+    params = {p["key"][0]: p["value"][0]["string_value"][0] for p in cfg["parameters"]}
+    assert json.loads(params[METADATA_KEY]) == json.loads(
+        read_model_info(model_dir / "1" / "model.onnx").to_json()
+    )
+    assert params["memory.enable_memory_arena_shrinkage"] == "cpu:0"
+    assert check_triton_model(model_dir) == []
+
+
+def test_gpu_instances_and_dynamic_batching(abmil_artifacts, tmp_path):
+    model_dir = _write(
+        tmp_path, abmil_artifacts, instance_groups=(InstanceGroup("gpu", 2, (0, 1)),), dynamic_batching=True
+    )
+    cfg = read_triton_config(model_dir / "config.pbtxt")
+    assert cfg["instance_group"] == [{"count": [2], "kind": ["KIND_GPU"], "gpus": [0, 1]}]
+    assert cfg["dynamic_batching"] == [{}]
+    params = {p["key"][0]: p["value"][0]["string_value"][0] for p in cfg["parameters"]}
+    assert params["memory.enable_memory_arena_shrinkage"] == "cpu:0;gpu:0"
+    assert check_triton_model(model_dir) == []
+
+
+def test_pytorch_backend_names_inputs_by_forward_argument(abmil_artifacts, tmp_path):
+    model_dir = _write(tmp_path, abmil_artifacts, 3, backend="pytorch", version=2)
+    cfg = read_triton_config(model_dir / "config.pbtxt")
+    assert cfg["platform"] == ["pytorch_libtorch"] and (model_dir / "2" / "model.pt").is_file()
+    forward = torch.jit.load(str(model_dir / "2" / "model.pt")).forward.schema
+    assert [e["name"][0] for e in cfg["input"]] == [a.name for a in forward.arguments][1:]
+    assert [e["name"][0] for e in cfg["output"]] == [
+        "logits",
+        "attention",
+    ]  # config order = forward's tuple order
+    assert cfg["output"][0]["dims"] == [3] and check_triton_model(model_dir) == []
+
+
+def test_python_backend_model_runs_the_onnx(abmil, abmil_artifacts, tmp_path):
+    model_dir = _write(tmp_path, abmil_artifacts, 3, backend="python")
+    version = model_dir / "1"
+    assert read_triton_config(model_dir / "config.pbtxt")["backend"] == ["python"]
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.py"]
+    source = (version / "model.py").read_text()
+    assert (
+        source == python_model_source()
+        and "import torch" not in source
+        and "milsdk" not in source.split('"""')[2]
+    )
+    spec = importlib.util.spec_from_file_location("triton_model_under_test", version / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert hasattr(module.TritonPythonModel, "execute") and module.pb_utils is None
+    assert module.providers_for("GPU") == ["CPUExecutionProvider"]  # no CUDA here: CPU fallback
+    session = module.create_session(str(version / "model.onnx"))
+    rng = np.random.default_rng(0)
+    mask = np.arange(60)[None] < np.array([60, 1, 17])[:, None]
+    features = (rng.standard_normal((3, 60, 1024)) * mask[..., None]).astype(np.float32)
+    out = module.infer(
+        session, {"features": features, "mask": mask.astype(np.uint8)}, module.run_options_for(session)
+    )
+    with torch.no_grad():
+        ref = DeploymentModule(abmil[3])(torch.from_numpy(features), torch.from_numpy(mask))
+    np.testing.assert_allclose(out["logits"], ref[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["attention"], ref[1].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="missing input 'mask'"):
+        module.infer(session, {"features": features})
+    assert check_triton_model(model_dir) == []
+
+
+def test_new_version_keeps_the_old_one(abmil_artifacts, tmp_path):
+    _write(tmp_path, abmil_artifacts, version=1)
+    model_dir = _write(tmp_path, abmil_artifacts, version=2)
+    assert (model_dir / "1" / "model.onnx").is_file() and (model_dir / "2" / "model.onnx").is_file()
+    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]
+
+
+def test_checker_finds_a_mismatch(abmil_artifacts, tmp_path):
+    model_dir = _write(tmp_path, abmil_artifacts)
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ -1, 1024 ]", "dims: [ -1, 2048 ]", 1))
+    assert check_triton_model(model_dir) == ["input 'features' dims [-1, 2048] != artifact [-1, 1024]"]
+    (model_dir / "1" / "model.onnx").unlink()
+    assert "1/model.onnx is missing for backend 'onnxruntime'" in check_triton_model(model_dir)
+
+
+def test_writer_refuses_bad_requests(abmil_artifacts, tmp_path):
+    path = abmil_artifacts[(1, "onnx")]
+    info = read_model_info(path)
+    with pytest.raises(ExportError, match="serves a torchscript artifact"):
+        write_triton_model(tmp_path, "m", {"onnx": path}, info, backend="pytorch")
+    with pytest.raises(ExportError, match="may use only letters"):
+        write_triton_model(tmp_path, "bad name", {"onnx": path}, info)
+    with pytest.raises(ExportError, match="version must be >= 1"):
+        write_triton_model(tmp_path, "m", {"onnx": path}, info, version=0)
+    assert list(tmp_path.iterdir()) == []
