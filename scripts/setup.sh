@@ -31,4 +31,8 @@ if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('p
     echo "[setup] installing the pip-installable Triton server (nvidia-pytriton, binary only)"
     $PIP --no-deps "nvidia-pytriton==0.7.0"
 fi
+# Triton's Python backend runs model.py with the first Python on PATH, and its stub exchanges arrays in numpy 1.x
+# layout: it gets a small environment of its own (numpy<2 + onnxruntime), reused by `milsdk serve` and the tests.
+echo "[setup] preparing the server-side Python environment for Triton's Python backend"
+python -m milsdk.serving.server_env
 echo "[setup] done: $(python -c 'import milsdk, torch; print("milsdk", milsdk.__version__, "torch", torch.__version__)')"

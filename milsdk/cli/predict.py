@@ -1,0 +1,194 @@
+"""``milsdk predict``: bag predictions and attention for feature files, from an exported model or a Triton server.
+
+A thin layer over :class:`milsdk.serving.MILClient` (no torch is imported for .onnx files or servers).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import numpy as np
+
+from milsdk.errors import BagError
+
+_URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
+
+
+@click.command("predict")
+@click.argument("model_or_url")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model-name", help="Model name on the Triton server (needed when MODEL_OR_URL is a URL).")
+@click.option(
+    "--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+    help="Triton protocol for a URL without scheme (host:port); grpc://host:port also selects gRPC.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preds.csv"), show_default=True,
+    help="CSV with one row per bag: bag, file, n_instances, probabilities, label, error.",
+)
+@click.option(
+    "--attention-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Write each bag's attention as DIR/<bag>.npy, float32 (N,), in the order of the file's instances.",
+)
+@click.option("--max-instances", default=32768, show_default=True, help="Padded instance slots per request.")
+@click.option("--max-batch-size", default=16, show_default=True, help="Most bags per request.")
+@click.option("--shared-memory", is_flag=True, help="Triton on this host: pass tensors through shared memory.")
+@click.option("--top-k", default=3, show_default=True, help="Top-attended instances listed per bag on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No line per bag on stdout (the CSV and summary only).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar (files) on stderr.")
+def predict(
+    model_or_url: str,
+    inputs: tuple[Path, ...],
+    model_name: str | None,
+    protocol: str,
+    out: Path,
+    attention_dir: Path | None,
+    max_instances: int,
+    max_batch_size: int,
+    shared_memory: bool,
+    top_k: int,
+    quiet: bool,
+    progress: bool,
+) -> None:
+    """Predict bags of instance features with an exported model (.onnx / .pt) or a model on a Triton server.
+
+    INPUTS are .h5 files (datasets `features` and `coords`; STAMP's `feats`), .npy feature files (N, D), or
+    folders of them. A file that cannot be read, or a bag the model cannot take, is reported on stderr and gets a
+    CSV row with its error; the other bags finish.
+
+    Exit code: 0 when every bag was predicted, 1 when any file or bag failed (or the server stayed unavailable).
+
+    \b
+    Examples:
+      milsdk predict exports/abmil/model.onnx slides/ --out preds.csv --attention-dir attention/
+      milsdk predict http://127.0.0.1:8000 slides/*.h5 --model-name abmil
+      milsdk predict grpc://127.0.0.1:8001 slides/ --model-name abmil
+    """
+    from tqdm import tqdm
+
+    from milsdk.serving import BagPrediction, MILClient
+
+    if model_or_url.startswith(_URL_SCHEMES) or (model_name is not None and not Path(model_or_url).exists()):
+        if not model_name:
+            raise click.UsageError("--model-name is needed with a Triton URL")
+        client = MILClient.from_triton(
+            model_or_url, model_name, protocol=protocol, shared_memory=shared_memory,
+            max_instances=max_instances, max_batch_size=max_batch_size,
+        )
+    else:
+        client = MILClient.from_path(model_or_url, max_instances=max_instances, max_batch_size=max_batch_size)
+
+    files, failures = _expand(inputs)
+    if attention_dir is not None:
+        attention_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = client.info
+    probability_columns = (
+        ["probability"] if info.n_classes == 1 else [f"prob_{name}" for name in _class_names(info)]
+    )
+    n_ok = n_failed = 0
+    bar = tqdm(total=len(files), unit="bag", desc=f"predict {info.model_name}", disable=not progress)
+    with client, bar, open(out, "w", newline="") as handle:
+        table = csv.writer(handle)
+        table.writerow(["bag", "file", "n_instances", *probability_columns, "label", "error"])
+
+        def failed(name: str, source: Path, error: str, is_file: bool = True) -> None:
+            nonlocal n_failed
+            n_failed += 1
+            bar.update(int(is_file))
+            _write_line(f"{source}: {error}", err=True)
+            table.writerow([name, str(source), 0, *[""] * len(probability_columns), "", error])
+
+        for name, source, error in failures:  # paths that are not there at all come first
+            failed(name, source, error, is_file=False)
+
+        # Each prediction goes through these writers with the file it came from. Hook for `--heatmaps DIR`
+        # (milsdk.visualize): one more writer here that draws pred.attention at the coords read from `source`.
+        def write_row(pred: BagPrediction, source: Path) -> None:
+            probabilities = [f"{p:.6g}" for p in pred.probabilities]
+            table.writerow([pred.name, str(source), pred.n_instances, *probabilities, pred.label_name, ""])
+
+        prediction_writers: list[Callable[[BagPrediction, Path], None]] = [write_row]
+        if attention_dir is not None:
+            prediction_writers.append(lambda pred, _: np.save(attention_dir / f"{pred.name}.npy", pred.attention))
+        if not quiet:
+            prediction_writers.append(lambda pred, _: _write_line(_summary(pred, top_k)))
+
+        sources: list[Path] = []
+        unreadable: list[tuple[int, Path, str]] = []  # (number of good bags read before it, file, error)
+        for pred in client.predict_iter(_read(files, sources, unreadable)):
+            while unreadable and unreadable[0][0] <= pred.index:  # keep the rows in input order
+                _, source, error = unreadable.pop(0)
+                failed(source.stem, source, error)
+            source = sources[pred.index]
+            if pred.error is not None:
+                failed(pred.name, source, pred.error)
+                continue
+            n_ok += 1
+            bar.update(1)
+            for write in prediction_writers:
+                write(pred, source)
+        for _, source, error in unreadable:
+            failed(source.stem, source, error)
+
+    stats = client.last_run
+    click.echo(
+        f"{n_ok} of {n_ok + n_failed} bags predicted ({n_failed} failed) in {stats.seconds:.1f} s, "
+        f"{stats.requests} requests, {100 * stats.padded_fraction:.1f}% padded slots -> {out}",
+        err=True,
+    )
+    if n_failed:
+        click.get_current_context().exit(1)
+
+
+def _expand(inputs: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str, Path, str]]]:
+    """Bag files of every input path; a path that does not exist or holds no bag file is a failure, not fatal."""
+    from milsdk.serving.inputs import find_bag_files
+
+    files, failures = [], []
+    for path in inputs:
+        try:
+            files.extend(find_bag_files([path]))
+        except BagError as exc:
+            failures.append((path.stem, path, str(exc).removeprefix(f"{path}: ")))
+    return files, failures
+
+
+def _read(files: list[Path], sources: list[Path], unreadable: list[tuple[int, Path, str]]) -> Iterator[dict]:
+    """Bags read lazily from ``files``; files that cannot be read go to ``unreadable`` instead."""
+    from milsdk.serving.inputs import read_bag
+
+    for path in files:
+        try:
+            bag = read_bag(path)
+        except BagError as exc:
+            unreadable.append((len(sources), path, str(exc).removeprefix(f"{path}: ")))
+            continue
+        sources.append(path)
+        yield bag
+
+
+def _class_names(info) -> list[str]:
+    names = list(info.class_names)
+    return names if len(names) == info.n_classes else [str(c) for c in range(info.n_classes)]
+
+
+def _summary(pred, top_k: int) -> str:
+    """One line: the bag's label, its probability, size and top-attended instances."""
+    probability = float(pred.probabilities[pred.label] if pred.probabilities.size > 1 else pred.probabilities[0])
+    line = f"{pred.name}: {pred.label_name} (p={probability:.3f}, {pred.n_instances} instances)"
+    if top_k > 0:
+        top = np.argsort(-pred.attention, kind="stable")[:top_k]
+        line += "; top instances " + ", ".join(f"#{i} ({pred.attention[i]:.3f})" for i in top)
+    return line
+
+
+def _write_line(text: str, err: bool = False) -> None:
+    """A line to stdout / stderr that does not tear the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr if err else sys.stdout)

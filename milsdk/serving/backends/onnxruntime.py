@@ -1,0 +1,113 @@
+"""In-process backend: an exported ``model.onnx`` run by onnxruntime (the embedded default)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
+from milsdk.errors import ArtifactError, ServingError
+from milsdk.serving.backends import first_line
+
+__all__ = ["OnnxRuntimeBackend", "PREFERRED_PROVIDERS", "choose_providers"]
+
+log = logging.getLogger(__name__)
+
+#: execution providers in order of preference; the first ones installed are used, CPU always last.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+# onnxruntime type strings of the inputs the client may have to cast to (e.g. a float16 export).
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def choose_providers(available: Sequence[str]) -> list[str]:
+    """The execution providers to use, most preferred first: those of :data:`PREFERRED_PROVIDERS` in
+    ``available`` (TensorRT, then CUDA, then CPU, which is always last)."""
+    chosen = [p for p in PREFERRED_PROVIDERS if p in available]
+    return chosen if "CPUExecutionProvider" in chosen else [*chosen, "CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    """Runs ``model.onnx`` with onnxruntime.
+
+    Args:
+        path: the exported file; its ``metadata_props`` must hold the milsdk ``ModelInfo``.
+        providers: execution providers, most preferred first; None = those of :data:`PREFERRED_PROVIDERS` that
+            are installed (TensorRT, CUDA, then CPU).
+        intra_op_threads: threads inside one operator (0 = onnxruntime's default, one per core).
+        inter_op_threads: threads across independent operators (0 = default).
+        shrink_arena: release the memory arena after every run. Bag sizes vary, and onnxruntime's arena keeps the
+            peak of every shape it has seen; shrinking keeps memory at the current batch's need.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        shrink_arena: bool = True,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if providers is None:
+            providers = choose_providers(ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_threads)
+        options.inter_op_num_threads = int(inter_op_threads)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)})") from None
+        self.providers = self.session.get_providers()
+        log.info("%s: execution providers %s", self.path, self.providers)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in metadata:
+            raise ArtifactError(f"{self.path}: no milsdk metadata ({METADATA_KEY!r}); export it with milsdk export")
+        self.info = ModelInfo.from_json(metadata[METADATA_KEY], source=str(self.path))
+        self._input_types = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+        missing = [name for name in self.info.inputs if name not in self._input_types]
+        if missing:
+            raise ArtifactError(f"{self.path}: the graph lacks inputs {missing} named in its metadata")
+        self.max_batch_size: int | None = None
+        self.run_options = ort.RunOptions()
+        if shrink_arena:
+            # the CUDA provider's arena is "gpu:0"; naming an arena that does not exist fails every run
+            devices = ["cpu:0"] + (["gpu:0"] if "CUDAExecutionProvider" in self.providers else [])
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", ";".join(devices))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one padded batch (see :class:`milsdk.serving.backends.Backend`)."""
+        feed = {}
+        for name in self.info.inputs:
+            array = inputs[name]
+            wanted = self._input_types.get(name)
+            feed[name] = array if wanted is None or array.dtype == wanted else array.astype(wanted)
+        try:
+            logits, attention = self.session.run([LOGITS, ATTENTION], feed, self.run_options)
+        except Exception as exc:  # onnxruntime's errors are not one class; give one line naming the artifact
+            shape = "x".join(str(s) for s in feed[self.info.inputs[0]].shape)
+            raise ServingError(
+                f"{self.path}: onnxruntime failed on a batch of shape {shape}: {first_line(exc)}"
+            ) from None
+        return {LOGITS: logits.astype(np.float32, copy=False), ATTENTION: attention.astype(np.float32, copy=False)}
+
+    def close(self) -> None:
+        """Drop the session."""
+        self.session = None
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeBackend({str(self.path)!r}, providers={self.providers})"
+

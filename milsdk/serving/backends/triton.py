@@ -1,0 +1,357 @@
+"""Remote backend: a model served by Triton Inference Server, over HTTP or gRPC with tritonclient.
+
+Tensors travel as binary data (the HTTP binary extension, or gRPC), never JSON; with ``shared_memory=True`` they go
+through POSIX shared memory instead, for a server on the same host. The model's ``ModelInfo`` is read from its
+Triton config: ``milsdk export --triton`` writes it as the parameter ``milsdk.json``.
+
+tritonclient's clients are not thread-safe, so every worker thread gets its own client (and shared-memory region).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
+from milsdk.errors import ArtifactError, ServerUnavailableError, ServingError
+from milsdk.serving.backends import first_line
+
+__all__ = ["TritonBackend", "parse_triton_url"]
+
+log = logging.getLogger(__name__)
+
+_TRITON_DTYPES = {"float32": "FP32", "float16": "FP16", "bool": "BOOL", "int64": "INT64"}
+# Statuses that say "the server is not there right now"; anything else is checked against the health endpoints.
+_TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
+_SHM_ALIGN = 64
+_region_ids = itertools.count()
+
+
+def parse_triton_url(url: str, protocol: str = "http") -> tuple[str, str, bool]:
+    """Split a server URL into (host:port[/path], protocol, ssl).
+
+    ``http://h:8000``, ``https://h``, ``grpc://h:8001`` and a bare ``h:8000`` (then ``protocol`` decides) are
+    accepted; a scheme that contradicts ``protocol`` is an error.
+    """
+    if protocol not in ("http", "grpc"):
+        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+    if "://" not in url:
+        return url.rstrip("/"), protocol, False
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    by_scheme = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
+    if scheme not in by_scheme:
+        raise ValueError(f"{url}: unknown scheme {scheme!r}, expected http, https, grpc or grpcs")
+    proto, ssl = by_scheme[scheme]
+    if scheme in ("http", "https") and protocol == "grpc":
+        raise ValueError(f"{url}: an {scheme} URL with protocol='grpc'; use grpc://host:port for gRPC")
+    return (parts.netloc + parts.path).rstrip("/"), proto, ssl
+
+
+class TritonBackend:
+    """Runs padded batches on a Triton server.
+
+    Args:
+        url: server address, e.g. ``http://127.0.0.1:8000`` or ``grpc://127.0.0.1:8001`` (see
+            :func:`parse_triton_url`).
+        model_name: the model's name in the server's repository.
+        protocol: "http" or "grpc" when the URL has no scheme.
+        model_version: "" = the server's choice (its latest ready version).
+        shared_memory: pass tensors through POSIX shared memory (server on the same host only).
+        timeout_s: network timeout of one request, seconds.
+        info: the model's ``ModelInfo`` when its Triton config lacks the ``milsdk.json`` parameter (a model not
+            written by ``milsdk export``).
+
+    Raises:
+        ServerUnavailableError: the server cannot be reached or the model is not ready (message names the URL).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        protocol: str = "http",
+        model_version: str = "",
+        shared_memory: bool = False,
+        timeout_s: float = 120.0,
+        info: ModelInfo | None = None,
+    ) -> None:
+        self.address, self.protocol, self._ssl = parse_triton_url(url, protocol)
+        scheme = ("https" if self._ssl else "http") if self.protocol == "http" else ("grpcs" if self._ssl else "grpc")
+        self.url = f"{scheme}://{self.address}"
+        self.model_name = model_name
+        self.model_version = str(model_version)
+        self.shared_memory = shared_memory
+        self.timeout_s = float(timeout_s)
+        if self.protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        self._module = module
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[Any] = []
+        self._regions: list[_ShmRegion] = []
+
+        self._check_ready()
+        config = self._model_config()
+        self.info = info if info is not None else self._info_from_config(config)
+        self.max_batch_size: int | None = int(config.get("max_batch_size", 0)) or None
+        self._config_inputs = {i["name"]: i.get("data_type", "") for i in config.get("input", [])}
+        missing = [name for name in self.info.inputs if name not in self._config_inputs]
+        if missing:
+            raise ArtifactError(f"model {model_name!r} on {self.url} lacks inputs {missing} named in its metadata")
+
+    # -- connection ----------------------------------------------------------------------------------------------
+    def _new_client(self) -> Any:
+        if self.protocol == "http":
+            client = self._module.InferenceServerClient(
+                self.address, connection_timeout=min(10.0, self.timeout_s), network_timeout=self.timeout_s,
+                ssl=self._ssl,
+            )
+        else:
+            client = self._module.InferenceServerClient(self.address, ssl=self._ssl)
+        with self._lock:
+            self._clients.append(client)
+        return client
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._new_client()
+        return client
+
+    def _reset_thread_state(self) -> None:
+        """Drop this thread's client and shared-memory region (after a failure, the server may have restarted)."""
+        client = getattr(self._local, "client", None)
+        region = getattr(self._local, "region", None)
+        self._local.client = self._local.region = None
+        if region is not None:
+            region.destroy(client)
+            with self._lock:
+                self._regions.remove(region)
+        if client is not None:
+            _close_quietly(client)
+            with self._lock:
+                self._clients.remove(client)
+
+    def _check_ready(self) -> None:
+        client = self._client()
+        try:
+            live = client.is_server_live()
+        except Exception as exc:  # connection refused, DNS, timeout: all mean the same to the caller
+            self._reset_thread_state()
+            raise ServerUnavailableError(
+                f"Triton server at {self.url} is not reachable ({first_line(exc)}); is it running?"
+            ) from None
+        if not live:
+            raise ServerUnavailableError(f"Triton server at {self.url} is not live")
+        if not client.is_model_ready(self.model_name, self.model_version):
+            try:
+                index = client.get_model_repository_index()
+                entries = index if isinstance(index, list) else index.get("models", [])
+                names = sorted({m.get("name", "") for m in entries} - {""})
+            except Exception:  # the index is only for the message
+                names = []
+            listing = f"; models there: {', '.join(names)}" if names else ""
+            raise ServerUnavailableError(f"model {self.model_name!r} is not ready on Triton at {self.url}{listing}")
+
+    def _model_config(self) -> dict[str, Any]:
+        client = self._client()
+        if self.protocol == "http":
+            return client.get_model_config(self.model_name, self.model_version)
+        return client.get_model_config(self.model_name, self.model_version, as_json=True)["config"]
+
+    def _info_from_config(self, config: dict[str, Any]) -> ModelInfo:
+        text = config.get("parameters", {}).get(METADATA_KEY, {}).get("string_value")
+        source = f"model {self.model_name!r} on {self.url}"
+        if not text:
+            raise ArtifactError(
+                f"{source}: its config has no {METADATA_KEY!r} parameter (write the repository with "
+                f"milsdk export --triton, or pass info=ModelInfo(...))"
+            )
+        return ModelInfo.from_json(text, source=source)
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one padded batch (see :class:`milsdk.serving.backends.Backend`).
+
+        Raises:
+            ServerUnavailableError: the server is down, restarting, or the model is not ready (worth retrying).
+            ServingError: the server answered with an error for this batch.
+        """
+        arrays = {name: self._as_config_dtype(name, inputs[name]) for name in self.info.inputs}
+        for attempt in (0, 1):
+            try:
+                client = self._client()
+                if self.shared_memory:
+                    return self._infer_shared_memory(client, arrays)
+                return self._infer(client, arrays)
+            except Exception as exc:  # classified below: retry-worthy or this batch's own error
+                error = self._classify(exc)
+                self._reset_thread_state()
+                stale_region = self.shared_memory and "shared memory" in str(exc).lower()
+                if attempt == 0 and stale_region and not isinstance(error, ServerUnavailableError):
+                    continue  # the server restarted and forgot our region: register a new one, once
+                raise error from None
+        raise AssertionError("unreachable")
+
+    def _as_config_dtype(self, name: str, array: np.ndarray) -> np.ndarray:
+        if self._config_inputs.get(name) == "TYPE_FP16" and array.dtype != np.float16:
+            return array.astype(np.float16)
+        return np.ascontiguousarray(array)
+
+    def _inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
+        inputs = []
+        for name, array in arrays.items():
+            tensor = self._module.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype.name])
+            if not self.shared_memory:
+                if self.protocol == "http":
+                    tensor.set_data_from_numpy(array, binary_data=True)
+                else:
+                    tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    def _requested(self, name: str) -> Any:
+        if self.protocol == "http":
+            return self._module.InferRequestedOutput(name, binary_data=not self.shared_memory)
+        return self._module.InferRequestedOutput(name)
+
+    def _call(self, client: Any, inputs: list[Any], outputs: list[Any]) -> Any:
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        return client.infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs, **kwargs)
+
+    def _infer(self, client: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._call(client, self._inputs(arrays), [self._requested(LOGITS), self._requested(ATTENTION)])
+        return {
+            LOGITS: np.asarray(result.as_numpy(LOGITS), dtype=np.float32),
+            ATTENTION: np.asarray(result.as_numpy(ATTENTION), dtype=np.float32),
+        }
+
+    def _infer_shared_memory(self, client: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch, n = arrays[self.info.inputs[0]].shape[:2]
+        out_shapes = {LOGITS: (batch, self.info.n_classes), ATTENTION: (batch, n)}
+        layout, offset = {}, 0
+        for name, nbytes in [(k, a.nbytes) for k, a in arrays.items()] + [
+            (k, int(np.prod(s)) * 4) for k, s in out_shapes.items()
+        ]:
+            layout[name] = (offset, nbytes)
+            offset += -(-nbytes // _SHM_ALIGN) * _SHM_ALIGN
+        region = self._region(client, offset)
+        inputs = self._inputs(arrays)
+        for tensor, (name, array) in zip(inputs, arrays.items()):
+            start, nbytes = layout[name]
+            region.write(array, start)
+            tensor.set_shared_memory(region.name, nbytes, offset=start)
+        outputs = []
+        for name in out_shapes:
+            start, nbytes = layout[name]
+            requested = self._requested(name)
+            requested.set_shared_memory(region.name, nbytes, offset=start)
+            outputs.append(requested)
+        self._call(client, inputs, outputs)
+        return {name: region.read(shape, layout[name][0]) for name, shape in out_shapes.items()}
+
+    def _region(self, client: Any, size: int) -> _ShmRegion:
+        region = getattr(self._local, "region", None)
+        if region is not None and region.size >= size:
+            return region
+        if region is not None:
+            region.destroy(client)
+            with self._lock:
+                self._regions.remove(region)
+        # grow geometrically so that a run of growing bags does not re-register at every batch
+        size = max(size, 2 * region.size if region is not None else 0)
+        region = self._local.region = _ShmRegion(client, size)
+        with self._lock:
+            self._regions.append(region)
+        return region
+
+    def _classify(self, exc: Exception) -> ServingError:
+        """ServerUnavailableError when the server or the model is not there (retry), else ServingError."""
+        from tritonclient.utils import InferenceServerException
+
+        what = f"Triton at {self.url}, model {self.model_name!r}"
+        if not isinstance(exc, InferenceServerException):
+            if isinstance(exc, (OSError, EOFError)) or "connection" in type(exc).__name__.lower():
+                return ServerUnavailableError(f"{what}: {type(exc).__name__}: {first_line(exc)}")
+            hint = ""
+            if "array of size 0" in str(exc):
+                hint = " (empty outputs: is the server's Python backend running under numpy 2? it needs numpy<2)"
+            return ServingError(f"{what}: {type(exc).__name__}: {first_line(exc)}{hint}")
+        message = f"{what}: {first_line(exc)}"
+        if str(exc.status()) in _TRANSIENT_STATUSES or not self._healthy():
+            return ServerUnavailableError(message)
+        return ServingError(message)
+
+    def _healthy(self) -> bool:
+        """Whether the server is up and the model ready (checked with a fresh client)."""
+        client = self._new_client()
+        try:
+            return bool(client.is_server_ready() and client.is_model_ready(self.model_name, self.model_version))
+        except Exception:  # any failure to answer means not healthy
+            return False
+        finally:
+            _close_quietly(client)
+            with self._lock:
+                self._clients.remove(client)
+
+    def close(self) -> None:
+        """Unregister shared memory and close every connection."""
+        with self._lock:
+            regions, self._regions = self._regions, []
+            clients, self._clients = self._clients, []
+        helper = clients[0] if clients else None
+        for region in regions:
+            region.destroy(helper)
+        for client in clients:
+            _close_quietly(client)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"TritonBackend({self.url!r}, {self.model_name!r})"
+
+
+class _ShmRegion:
+    """A POSIX shared-memory region registered with the server."""
+
+    def __init__(self, client: Any, size: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self._shm = shm
+        self.size = int(size)
+        self.name = f"milsdk_{os.getpid()}_{next(_region_ids)}"
+        self.handle = shm.create_shared_memory_region(self.name, "/" + self.name, self.size)
+        try:
+            client.register_system_shared_memory(self.name, "/" + self.name, self.size)
+        except Exception:
+            shm.destroy_shared_memory_region(self.handle)
+            raise
+
+    def write(self, array: np.ndarray, offset: int) -> None:
+        self._shm.set_shared_memory_region(self.handle, [array], offset=offset)
+
+    def read(self, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        return np.array(self._shm.get_contents_as_numpy(self.handle, np.float32, list(shape), offset=offset))
+
+    def destroy(self, client: Any | None) -> None:
+        if client is not None:
+            try:
+                client.unregister_system_shared_memory(self.name)
+            except Exception:  # the server may be gone; the region is ours to free regardless
+                log.debug("could not unregister shared memory region %s", self.name)
+        self._shm.destroy_shared_memory_region(self.handle)
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # closing a broken connection may raise; nothing to do about it
+        log.debug("error closing a Triton client", exc_info=True)

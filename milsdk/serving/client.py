@@ -1,0 +1,450 @@
+"""``MILClient``: bag predictions from an exported model, in-process (onnxruntime, TorchScript) or on Triton.
+
+    client = MILClient.from_path("exports/abmil/model.onnx")          # or "model.pt"
+    client = MILClient.from_triton("http://127.0.0.1:8000", "abmil")  # or "grpc://127.0.0.1:8001"
+    for pred in client.predict(bags, progress=True):
+        print(pred.name, pred.probabilities, pred.label_name, pred.error)
+
+A bag is a numpy array (N_i, D), or a dict with ``features`` (N_i, D) and optional ``coords`` (N_i, 2) and
+``name``. The client checks every bag (a bad one gets its own one-line ``error``; the others are unaffected), plans
+padded batches (:mod:`milsdk.serving.planner`), keeps ``max_in_flight`` requests running, retries requests while
+the server is unavailable (exponential backoff up to ``retry_deadline_s``, then it raises: no bag is skipped), and
+gives the results back in input order. The model's ``ModelInfo`` supplies the feature dimension, the output
+activation, the class names and the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from milsdk.contract import ATTENTION, COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, LOGITS, ModelInfo
+from milsdk.errors import BagError, ServerUnavailableError, ServingError
+from milsdk.serving.backends import Backend, open_artifact
+from milsdk.serving.planner import pad_batch, plan_batches
+
+__all__ = ["MILClient", "BagPrediction", "RunStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BagPrediction:
+    """The result for one bag.
+
+    Attributes:
+        index: the bag's position in the input.
+        name: the bag's ``name`` (dict bags) or its index as a string.
+        logits: (C,) float32 bag logits (C = 1 for a binary model); None on error.
+        probabilities: (C,) float32: sigmoid of the logit (binary: the positive class) or softmax; None on error.
+        label: predicted class index (binary: 1 when the probability >= the model's threshold); None on error.
+        label_name: the class name of ``label`` from the model's metadata, else ``str(label)``; None on error.
+        attention: (N_i,) float32 instance attention of this bag (padding removed, sums to 1); None on error.
+        error: one line saying what is wrong with this bag, or None.
+    """
+
+    index: int
+    name: str
+    logits: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    label: int | None = None
+    label_name: str | None = None
+    attention: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the bag was predicted."""
+        return self.error is None
+
+    @property
+    def n_instances(self) -> int:
+        """N_i (0 for a bag that failed)."""
+        return 0 if self.attention is None else int(self.attention.shape[0])
+
+
+@dataclass
+class RunStats:
+    """What one ``predict`` call did (``MILClient.last_run``)."""
+
+    bags: int = 0
+    failed: int = 0
+    instances: int = 0
+    padded_slots: int = 0
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def padded_fraction(self) -> float:
+        """Fraction of the instance slots sent that were padding."""
+        return 0.0 if self.padded_slots == 0 else 1.0 - self.instances / self.padded_slots
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                setattr(self, key, getattr(self, key) + value)
+
+
+class MILClient:
+    """Predicts bags with one backend (see :mod:`milsdk.serving.backends`).
+
+    Build it with :meth:`from_path` or :meth:`from_triton`; the constructor takes an open backend.
+
+    Args:
+        backend: the backend; the client closes it in :meth:`close`.
+        max_instances: budget of padded instance slots (B * N_max) per request.
+        max_batch_size: most bags per request (capped by the backend's own limit, e.g. Triton's max_batch_size).
+        max_in_flight: requests running at once.
+        retry_deadline_s: how long one request is retried while the server is unavailable before ``predict``
+            raises :class:`~milsdk.errors.ServerUnavailableError`.
+        retry_initial_s: first backoff delay; it doubles after every failed attempt, up to ``retry_max_delay_s``.
+        retry_max_delay_s: longest backoff delay.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_instances: int = 32768,
+        max_batch_size: int = 16,
+        max_in_flight: int = 2,
+        retry_deadline_s: float = 120.0,
+        retry_initial_s: float = 0.2,
+        retry_max_delay_s: float = 5.0,
+    ) -> None:
+        if min(max_instances, max_batch_size, max_in_flight) < 1:
+            raise ValueError("max_instances, max_batch_size and max_in_flight must be >= 1")
+        self.backend = backend
+        self.info: ModelInfo = backend.info
+        self.max_instances = int(max_instances)
+        self.max_batch_size = min(int(max_batch_size), backend.max_batch_size or int(max_batch_size))
+        self.max_in_flight = int(max_in_flight)
+        self.retry_deadline_s = float(retry_deadline_s)
+        self.retry_initial_s = float(retry_initial_s)
+        self.retry_max_delay_s = float(retry_max_delay_s)
+        self.last_run = RunStats()
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        max_instances: int = 32768,
+        max_batch_size: int = 16,
+        max_in_flight: int = 2,
+        **backend_options: Any,
+    ) -> MILClient:
+        """A client running an exported file in-process: ``.onnx`` with onnxruntime, ``.pt`` with TorchScript.
+
+        Args:
+            path: the artifact.
+            max_instances, max_batch_size, max_in_flight: see :class:`MILClient`.
+            **backend_options: for onnxruntime ``providers``, ``intra_op_threads``, ``inter_op_threads``,
+                ``shrink_arena``; for TorchScript ``device``.
+        """
+        return cls(
+            open_artifact(path, **backend_options),
+            max_instances=max_instances, max_batch_size=max_batch_size, max_in_flight=max_in_flight,
+        )
+
+    @classmethod
+    def from_triton(
+        cls,
+        url: str,
+        model_name: str,
+        protocol: str = "http",
+        *,
+        model_version: str = "",
+        shared_memory: bool = False,
+        timeout_s: float = 120.0,
+        info: ModelInfo | None = None,
+        max_instances: int = 32768,
+        max_batch_size: int = 16,
+        max_in_flight: int = 4,
+        retry_deadline_s: float = 120.0,
+    ) -> MILClient:
+        """A client of a model served by Triton.
+
+        Args:
+            url: ``http://host:8000``, ``grpc://host:8001`` or ``host:port`` (then ``protocol`` decides).
+            model_name: the model's name in the server's repository.
+            protocol: "http" or "grpc".
+            model_version: "" = the server's latest.
+            shared_memory: pass tensors through POSIX shared memory (server on the same host).
+            timeout_s: network timeout of one request.
+            info: the model's metadata, only for a model whose config lacks it (not written by milsdk export).
+            max_instances, max_batch_size, max_in_flight, retry_deadline_s: see :class:`MILClient`.
+
+        Raises:
+            ServerUnavailableError: the server is not reachable or the model is not ready (names the URL).
+        """
+        from milsdk.serving.backends.triton import TritonBackend
+
+        backend = TritonBackend(
+            url, model_name, protocol=protocol, model_version=model_version, shared_memory=shared_memory,
+            timeout_s=timeout_s, info=info,
+        )
+        return cls(
+            backend, max_instances=max_instances, max_batch_size=max_batch_size, max_in_flight=max_in_flight,
+            retry_deadline_s=retry_deadline_s,
+        )
+
+    # -- public --------------------------------------------------------------------------------------------------
+    def predict(self, bags: Iterable[Any], progress: bool = False) -> list[BagPrediction]:
+        """Predict every bag; see :meth:`predict_iter`. Returns the list of results in input order."""
+        return list(self.predict_iter(bags, progress=progress))
+
+    def predict_iter(self, bags: Iterable[Any], progress: bool = False) -> Iterator[BagPrediction]:
+        """Predict bags from a list or an iterator, yielding results in input order as they complete.
+
+        The iterator is read ahead only by a bounded window of bags, so a long stream of large bags does not sit
+        in memory at once.
+
+        Args:
+            bags: numpy arrays (N_i, D) or dicts with ``features`` (N_i, D), optional ``coords`` (N_i, 2) and
+                ``name``, and for graph models ``edge_index`` (2, E) / ``edge_weight`` (E,).
+            progress: show a progress bar (bags).
+
+        Yields:
+            One :class:`BagPrediction` per bag, in input order; a bad bag carries ``error``.
+
+        Raises:
+            ServerUnavailableError: a request still failed after retrying for ``retry_deadline_s``.
+        """
+        if isinstance(bags, (np.ndarray, Mapping)):
+            raise TypeError("predict takes a list or iterator of bags; for one bag use predict([bag])")
+        stats = self.last_run = RunStats()
+        started = time.perf_counter()
+        total = len(bags) if hasattr(bags, "__len__") else None
+        results: dict[int, BagPrediction] = {}
+        next_out = 0
+        pending: set[Future] = set()
+        bar = tqdm(total=total, unit="bag", desc=f"predict {self.info.model_name}", disable=not progress)
+        pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="milsdk-predict")
+        abort = threading.Event()  # set when the run ends early: requests still retrying give up at once
+
+        def collect(done: set[Future]) -> None:
+            for future in done:
+                for prediction in future.result():
+                    results[prediction.index] = prediction
+                    bar.update(1)
+
+        def ready() -> Iterator[BagPrediction]:
+            nonlocal next_out
+            while next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+
+        try:
+            for window in self._windows(bags, stats):
+                good = []
+                for index, item in window:
+                    if isinstance(item, BagPrediction):
+                        results[index] = item
+                        bar.update(1)
+                    else:
+                        good.append((index, item))
+                plan = plan_batches(
+                    [bag[FEATURES].shape[0] for _, bag in good], self.max_instances, self.max_batch_size,
+                    pad=self.info.padding_invariant,
+                )
+                for batch in plan.batches:
+                    while len(pending) >= self.max_in_flight:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        collect(done)
+                    members = [good[i] for i in batch.indices]
+                    pending.add(pool.submit(self._run_batch, members, batch.n_max, stats, abort))
+                    yield from ready()
+                done = {f for f in pending if f.done()}
+                pending -= done
+                collect(done)
+                yield from ready()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                collect(done)
+                yield from ready()
+        finally:
+            abort.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+            stats.seconds = time.perf_counter() - started
+
+    def close(self) -> None:
+        """Close the backend (sessions, connections, shared memory)."""
+        self.backend.close()
+
+    def __enter__(self) -> MILClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MILClient({self.backend!r}, model={self.info.model_name!r})"
+
+    # -- bags ----------------------------------------------------------------------------------------------------
+    def _windows(self, bags: Iterable[Any], stats: RunStats) -> Iterator[list[tuple[int, Any]]]:
+        """Checked bags in windows of about ``4 * max_in_flight * max_instances`` instances, planned together."""
+        budget = 4 * self.max_in_flight * self.max_instances
+        window: list[tuple[int, Any]] = []
+        held = 0
+        for index, bag in enumerate(bags):
+            try:
+                item: Any = self._prepare(bag, index)
+                held += item[FEATURES].shape[0]
+            except BagError as exc:
+                item = BagPrediction(index, _bag_name(bag, index), error=str(exc))
+                stats.add(bags=1, failed=1)
+            window.append((index, item))
+            if held >= budget:
+                yield window
+                window, held = [], 0
+        if window:
+            yield window
+
+    def _prepare(self, bag: Any, index: int) -> dict[str, Any]:
+        """Check one bag against the model and convert it to the contract's dtypes; BagError if it is bad."""
+        info = self.info
+        if isinstance(bag, Mapping):
+            if FEATURES in bag:
+                features = bag[FEATURES]
+            elif "X" in bag:
+                features = bag["X"]
+            else:
+                raise BagError(f"bag has no '{FEATURES}' key (keys: {sorted(map(str, bag))})")
+            coords = bag.get(COORDS)
+        else:
+            features, coords = bag, None
+        features = np.asarray(features)
+        if features.ndim != 2:
+            raise BagError(f"features have shape {features.shape}, expected (N, {info.feature_dim})")
+        if not np.issubdtype(features.dtype, np.floating):
+            raise BagError(f"features have dtype {features.dtype}, expected a floating-point dtype")
+        n, dim = features.shape
+        if n == 0:
+            raise BagError("bag has 0 instances")
+        if dim != info.feature_dim:
+            raise BagError(f"features have dimension {dim}, model {info.model_name} expects {info.feature_dim}")
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if not np.isfinite(features).all():
+            raise BagError(f"features hold {int(np.size(features) - np.isfinite(features).sum())} NaN/inf values")
+        out: dict[str, Any] = {"name": _bag_name(bag, index), FEATURES: features}
+        if coords is not None:
+            coords = np.asarray(coords)
+            if coords.shape != (n, 2) or not np.issubdtype(coords.dtype, np.number):
+                raise BagError(f"coords have shape {coords.shape} ({coords.dtype}), expected ({n}, 2) numbers")
+            coords = np.ascontiguousarray(coords, dtype=np.float32)
+            if not np.isfinite(coords).all():
+                raise BagError("coords hold NaN/inf values")
+        if COORDS in info.inputs:
+            if coords is None:
+                raise BagError(f"model {info.model_name} needs coords; the bag has none")
+            out[COORDS] = coords
+        if EDGE_INDEX in info.inputs:
+            out[EDGE_INDEX], out[EDGE_WEIGHT] = self._edges(bag, n)
+        return out
+
+    def _edges(self, bag: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A graph model's edge list, given in the bag as ``edge_index`` (2, E) and ``edge_weight`` (E,)."""
+        if not (isinstance(bag, Mapping) and EDGE_INDEX in bag):
+            raise BagError(f"model {self.info.model_name} needs the bag's graph: give edge_index (2, E) and edge_weight")
+        edge_index = np.asarray(bag[EDGE_INDEX])
+        edge_weight = np.asarray(bag.get(EDGE_WEIGHT, np.ones(edge_index.shape[-1], np.float32)))
+        if edge_index.ndim != 2 or edge_index.shape[0] != 2 or edge_weight.shape != (edge_index.shape[1],):
+            raise BagError(f"edge_index {edge_index.shape} / edge_weight {edge_weight.shape}, expected (2, E) / (E,)")
+        if edge_index.size and (edge_index.min() < 0 or edge_index.max() >= n):
+            raise BagError(f"edge_index refers to instances outside 0..{n - 1}")
+        return edge_index.astype(np.int64), edge_weight.astype(np.float32)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def _run_batch(
+        self, members: list[tuple[int, dict[str, Any]]], n_max: int, stats: RunStats, abort: threading.Event
+    ) -> list[BagPrediction]:
+        """Run one planned batch; if the backend rejects it, run its bags one by one so that only the bag at
+        fault carries the error."""
+        inputs = pad_batch([bag for _, bag in members], n_max, self.info.inputs)
+        try:
+            outputs = self._run_with_retry(inputs, stats, abort)
+            logits, attention = outputs[LOGITS], outputs[ATTENTION]
+            expected = (len(members), self.info.n_classes), (len(members), n_max)
+            if (logits.shape, attention.shape) != expected:
+                raise ServingError(
+                    f"the model returned logits {logits.shape} and attention {attention.shape}, "
+                    f"expected {expected[0]} and {expected[1]}"
+                )
+        except ServerUnavailableError:
+            raise
+        except ServingError as exc:
+            if len(members) > 1:
+                return [
+                    prediction
+                    for member in members
+                    for prediction in self._run_batch([member], member[1][FEATURES].shape[0], stats, abort)
+                ]
+            index, bag = members[0]
+            stats.add(bags=1, failed=1)
+            return [BagPrediction(index, bag["name"], error=str(exc))]
+        stats.add(
+            bags=len(members), requests=1, padded_slots=len(members) * n_max,
+            instances=sum(bag[FEATURES].shape[0] for _, bag in members),
+        )
+        return [
+            self._prediction(index, bag, logits[b], attention[b, : bag[FEATURES].shape[0]])
+            for b, (index, bag) in enumerate(members)
+        ]
+
+    def _run_with_retry(
+        self, inputs: dict[str, np.ndarray], stats: RunStats, abort: threading.Event
+    ) -> dict[str, np.ndarray]:
+        """backend.run, retried with exponential backoff while the server is unavailable, up to the deadline."""
+        deadline = time.monotonic() + self.retry_deadline_s
+        delay = self.retry_initial_s
+        while True:
+            try:
+                return self.backend.run(inputs)
+            except ServerUnavailableError as exc:
+                if abort.is_set() or time.monotonic() + delay > deadline:
+                    raise ServerUnavailableError(
+                        f"{exc} (gave up after retrying for {self.retry_deadline_s:g} s)"
+                    ) from None
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                stats.add(retries=1)
+                abort.wait(delay)
+                delay = min(2 * delay, self.retry_max_delay_s)
+
+    def _prediction(
+        self, index: int, bag: dict[str, Any], logits: np.ndarray, attention: np.ndarray
+    ) -> BagPrediction:
+        info = self.info
+        logits = np.asarray(logits, dtype=np.float32)
+        z = logits.astype(np.float64)
+        if info.output_activation == "sigmoid":
+            probabilities = 1.0 / (1.0 + np.exp(-z))
+            label = int(probabilities[-1] >= info.threshold) if probabilities.size == 1 else int(np.argmax(z))
+        else:
+            e = np.exp(z - z.max())
+            probabilities = e / e.sum()
+            label = int(np.argmax(z))
+        names = list(info.class_names)
+        label_name = names[label] if label < len(names) else str(label)
+        return BagPrediction(
+            index=index, name=bag["name"], logits=logits,
+            probabilities=probabilities.astype(np.float32), label=label, label_name=label_name,
+            attention=np.array(attention, dtype=np.float32),
+        )
+
+
+def _bag_name(bag: Any, index: int) -> str:
+    if isinstance(bag, Mapping) and bag.get("name") is not None:
+        return str(bag["name"])
+    return str(index)

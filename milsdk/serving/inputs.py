@@ -1,0 +1,109 @@
+"""Bags from feature files, numpy only: ``.h5`` (CLAM / TRIDENT: datasets ``features`` and ``coords``; STAMP:
+``feats``) and ``.npy`` (features (N, D)), given one by one or as folders of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from milsdk.errors import BagError
+
+__all__ = ["BAG_SUFFIXES", "find_bag_files", "read_bag"]
+
+#: file suffixes read as bags.
+BAG_SUFFIXES = (".h5", ".hdf5", ".npy")
+# dataset names of the features inside an .h5 file, tried in order (STAMP writes "feats")
+_H5_FEATURES = ("features", "feats")
+_H5_COORDS = "coords"
+
+
+def find_bag_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders into the bag files to read.
+
+    Args:
+        paths: files (any of :data:`BAG_SUFFIXES`) and folders (their bag files, sorted by name; not recursive).
+
+    Returns:
+        The files, in the order given (each folder's files sorted).
+
+    Raises:
+        BagError: a path does not exist, a file has another suffix, or a folder holds no bag file.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in BAG_SUFFIXES)
+            if not found:
+                raise BagError(f"{path}: folder holds no {'/'.join(BAG_SUFFIXES)} files")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in BAG_SUFFIXES:
+                raise BagError(f"{path}: unknown file type {path.suffix!r}, expected one of {', '.join(BAG_SUFFIXES)}")
+            files.append(path)
+        else:
+            raise BagError(f"{path}: no such file or folder")
+    return files
+
+
+def read_bag(path: str | Path) -> dict[str, Any]:
+    """Read one bag file.
+
+    Args:
+        path: an ``.h5`` / ``.hdf5`` file (features from ``features`` or ``feats``, ``coords`` when present) or an
+            ``.npy`` file of features.
+
+    Returns:
+        {"name": file stem, "features": (N, D) array as stored, "coords": (N, 2) array or None}. A leading axis of
+        size 1 ((1, N, D), as some extractors write) is dropped.
+
+    Raises:
+        BagError: unreadable file, no features dataset, or features that are not (N, D); the message names the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    coords = None
+    if suffix == ".npy":
+        try:
+            features = np.load(path, allow_pickle=False)  # a pickled array could run code from the file
+        except (OSError, ValueError) as exc:
+            # numpy reads any file that is not an .npy array as a pickle, which it refuses
+            reason = "not an .npy array; pickled data is refused" if "pickle" in str(exc) else _one_line(exc)
+            raise BagError(f"{path}: cannot read .npy file ({reason})") from None
+    elif suffix in (".h5", ".hdf5"):
+        features, coords = _read_h5(path)
+    else:
+        raise BagError(f"{path}: unknown file type {path.suffix!r}, expected one of {', '.join(BAG_SUFFIXES)}")
+    features = _drop_leading_one(features)
+    if features.ndim != 2:
+        raise BagError(f"{path}: features have shape {features.shape}, expected (N, D)")
+    if coords is not None:
+        coords = _drop_leading_one(coords)
+    return {"name": path.stem, "features": features, "coords": coords}
+
+
+def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            name = next((n for n in _H5_FEATURES if isinstance(f.get(n), h5py.Dataset)), None)
+            if name is None:
+                raise BagError(f"{path}: no dataset {' or '.join(map(repr, _H5_FEATURES))}; datasets: {sorted(f)}")
+            features = np.asarray(f[name][()])
+            coords = np.asarray(f[_H5_COORDS][()]) if isinstance(f.get(_H5_COORDS), h5py.Dataset) else None
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise BagError(f"{path}: cannot read .h5 file ({_one_line(exc)})") from None
+    return features, coords
+
+
+def _drop_leading_one(array: np.ndarray) -> np.ndarray:
+    return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

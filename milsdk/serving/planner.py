@@ -1,0 +1,139 @@
+"""Batch planning for variable-size bags: sort by size, pack under a budget of padded instance slots, pad.
+
+A request carries a padded batch ``features`` (B, N_max, D) + ``mask`` (B, N_max): it costs B * N_max instance
+slots whatever the bags' own sizes, so the planner groups bags of similar size. Bags sorted by size (largest first)
+are packed greedily while ``B * N_max <= max_instances`` and ``B <= max_batch_size``; a bag larger than the budget
+goes alone. A model that is not padding-invariant gets one bag per request, unpadded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, INPUT_DTYPES, MASK
+from milsdk.errors import BagError
+
+__all__ = ["Batch", "BatchPlan", "plan_batches", "pad_batch"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One request: which bags (indices into the planned sequence) and the padded bag length.
+
+    Attributes:
+        indices: positions of the bags in the sequence given to :func:`plan_batches`, largest bag first.
+        n_max: N_max, the padded instance axis of the request.
+        n_real: real instances in the request (sum of the bags' sizes).
+    """
+
+    indices: tuple[int, ...]
+    n_max: int
+    n_real: int
+
+    @property
+    def slots(self) -> int:
+        """Instance slots the request carries, B * N_max."""
+        return len(self.indices) * self.n_max
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The batches for a sequence of bags, and what the padding costs."""
+
+    batches: tuple[Batch, ...]
+
+    @property
+    def real_instances(self) -> int:
+        """Sum of the bags' sizes."""
+        return sum(b.n_real for b in self.batches)
+
+    @property
+    def padded_slots(self) -> int:
+        """Instance slots sent, padding included."""
+        return sum(b.slots for b in self.batches)
+
+    @property
+    def padded_fraction(self) -> float:
+        """Fraction of the sent instance slots that are padding (0 = no waste)."""
+        slots = self.padded_slots
+        return 0.0 if slots == 0 else 1.0 - self.real_instances / slots
+
+
+def plan_batches(
+    sizes: Sequence[int], max_instances: int = 32768, max_batch_size: int = 16, pad: bool = True
+) -> BatchPlan:
+    """Group bags into padded requests.
+
+    Args:
+        sizes: N_i of each bag (>= 1).
+        max_instances: budget of padded instance slots per request (B * N_max); a larger bag goes alone.
+        max_batch_size: most bags per request.
+        pad: False for a model that is not padding-invariant: one bag per request, N_max = N_i.
+
+    Returns:
+        The plan; every index of ``sizes`` appears in exactly one batch.
+    """
+    if max_instances < 1 or max_batch_size < 1:
+        raise ValueError(f"max_instances and max_batch_size must be >= 1, got {max_instances}, {max_batch_size}")
+    order = sorted(range(len(sizes)), key=lambda i: (-int(sizes[i]), i))
+    if not pad:
+        return BatchPlan(tuple(Batch((i,), int(sizes[i]), int(sizes[i])) for i in order))
+    batches: list[Batch] = []
+    start = 0
+    while start < len(order):
+        n_max = int(sizes[order[start]])
+        # how many bags of at most n_max instances fit the slot budget (at least the first one)
+        fit = max(1, min(max_batch_size, max_instances // n_max))
+        members = tuple(order[start : start + fit])
+        batches.append(Batch(members, n_max, sum(int(sizes[i]) for i in members)))
+        start += len(members)
+    return BatchPlan(tuple(batches))
+
+
+def pad_batch(bags: Sequence[dict[str, np.ndarray]], n_max: int, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """Stack bags into the padded arrays of the deployment contract.
+
+    Args:
+        bags: B dicts with ``features`` (N_i, D) float32 and, as ``inputs`` ask, ``coords`` (N_i, 2) float32,
+            ``edge_index`` (2, E_i) int64 and ``edge_weight`` (E_i,) float32.
+        n_max: padded instance axis (>= every N_i).
+        inputs: the model's input names (``ModelInfo.inputs``).
+
+    Returns:
+        {name: array} for every name in ``inputs``: ``features`` (B, n_max, D) zero-padded, ``mask`` (B, n_max)
+        bool, ``coords`` (B, n_max, 2), ``edge_index`` (B, 2, E_max) padded with edge 0 -> 0 of weight 0,
+        ``edge_weight`` (B, E_max).
+    """
+    batch_size = len(bags)
+    if batch_size == 1 and bags[0][FEATURES].shape[0] == n_max:  # nothing to pad: views, no copy of a large bag
+        bag = bags[0]
+        single = {FEATURES: bag[FEATURES][None], MASK: np.ones((1, n_max), dtype=bool)}
+        single.update({name: np.asarray(bag[name])[None] for name in inputs if name not in single})
+        return {name: single[name] for name in inputs}
+    dim = bags[0][FEATURES].shape[1]
+    out: dict[str, np.ndarray] = {
+        FEATURES: np.zeros((batch_size, n_max, dim), dtype=bags[0][FEATURES].dtype),
+        MASK: np.zeros((batch_size, n_max), dtype=bool),
+    }
+    if COORDS in inputs:
+        out[COORDS] = np.zeros((batch_size, n_max, 2), dtype=INPUT_DTYPES[COORDS])
+    if EDGE_INDEX in inputs:
+        e_max = max(1, max(int(bag[EDGE_INDEX].shape[1]) for bag in bags))
+        out[EDGE_INDEX] = np.zeros((batch_size, 2, e_max), dtype=INPUT_DTYPES[EDGE_INDEX])
+        out[EDGE_WEIGHT] = np.zeros((batch_size, e_max), dtype=INPUT_DTYPES[EDGE_WEIGHT])
+    for b, bag in enumerate(bags):
+        n = bag[FEATURES].shape[0]
+        if n > n_max:
+            raise BagError(f"bag {b} has {n} instances, more than the batch's n_max {n_max}")
+        out[FEATURES][b, :n] = bag[FEATURES]
+        out[MASK][b, :n] = True
+        if COORDS in out:
+            out[COORDS][b, :n] = bag[COORDS]
+        if EDGE_INDEX in out:
+            e = bag[EDGE_INDEX].shape[1]
+            out[EDGE_INDEX][b, :, :e] = bag[EDGE_INDEX]
+            out[EDGE_WEIGHT][b, :e] = bag[EDGE_WEIGHT]
+    return {name: out[name] for name in inputs}

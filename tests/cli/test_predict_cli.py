@@ -1,0 +1,126 @@
+"""``milsdk predict`` end to end on real feature files and a real exported model (onnxruntime / TorchScript)."""
+
+import csv
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from milsdk.cli import main
+from milsdk.export import export_onnx, export_torchscript, model_info
+from milsdk.models import ABMIL
+from milsdk.serving import MILClient
+
+D = 16
+CLASSES = ["benign", "tumor", "other"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ABMIL(in_shape=(D,), att_dim=8, n_classes=3).eval()
+    info = model_info(model, {"class_names": CLASSES})
+    root = tmp_path_factory.mktemp("predict_cli")
+    return {
+        "onnx": export_onnx(model, root / "model.onnx", info=info),
+        "pt": export_torchscript(model, root / "model.pt", info=info),
+    }
+
+
+@pytest.fixture
+def slides(tmp_path):
+    """A folder in the CLAM/TRIDENT/STAMP layouts with two bad files among good ones."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    with h5py.File(folder / "a_clam.h5", "w") as f:
+        f["features"] = rng.normal(size=(30, D)).astype(np.float32)
+        f["coords"] = rng.integers(0, 10, size=(30, 2)) * 256
+    with h5py.File(folder / "b_stamp.h5", "w") as f:
+        f["feats"] = rng.normal(size=(7, D)).astype(np.float16)
+    np.save(folder / "c_wrong_dim.npy", rng.normal(size=(5, D + 2)).astype(np.float32))
+    (folder / "d_broken.h5").write_bytes(b"not an hdf5 file")
+    np.save(folder / "e_one.npy", rng.normal(size=(1, D)).astype(np.float32))
+    return folder
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["predict", *map(str, args)])
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_attention_and_exit_code_with_bad_files(artifacts, slides, tmp_path):
+    out, att = tmp_path / "preds.csv", tmp_path / "attention"
+    result = run(artifacts["onnx"], slides, "--out", out, "--attention-dir", att, "--no-progress")
+    assert result.exit_code == 1  # two bags failed
+    table = rows(out)
+    assert [r["bag"] for r in table] == ["a_clam", "b_stamp", "c_wrong_dim", "d_broken", "e_one"]
+    assert list(table[0]) == ["bag", "file", "n_instances", "prob_benign", "prob_tumor", "prob_other", "label", "error"]
+    assert [r["n_instances"] for r in table] == ["30", "7", "0", "0", "1"]
+    assert "dimension 18, model ABMIL expects 16" in table[2]["error"]
+    assert "cannot read .h5 file" in table[3]["error"]
+    assert [r["error"] for r in table if r["bag"] in ("a_clam", "b_stamp", "e_one")] == ["", "", ""]
+
+    # the numbers are the client's, for the same files
+    client = MILClient.from_path(artifacts["onnx"])
+    with h5py.File(slides / "a_clam.h5") as f:
+        expected = client.predict([f["features"][()]])[0]
+    np.testing.assert_allclose([float(table[0][f"prob_{c}"]) for c in CLASSES], expected.probabilities, atol=1e-5)
+    assert table[0]["label"] == expected.label_name
+    attention = np.load(att / "a_clam.npy")
+    np.testing.assert_allclose(attention, expected.attention, atol=1e-6)
+    assert sorted(p.name for p in att.iterdir()) == ["a_clam.npy", "b_stamp.npy", "e_one.npy"]
+
+    # one line per bad file on stderr, one per bag on stdout, and the summary
+    errors = [line for line in result.stderr.splitlines() if line.startswith(str(slides))]
+    assert len(errors) == 2 and "c_wrong_dim.npy: features have dimension 18" in errors[0]
+    assert "3 of 5 bags predicted (2 failed)" in result.stderr
+    assert "a_clam: " in result.stdout and "top instances #" in result.stdout
+
+
+def test_all_good_bags_exit_zero_and_quiet(artifacts, slides, tmp_path):
+    for bad in ("c_wrong_dim.npy", "d_broken.h5"):
+        (slides / bad).unlink()
+    out = tmp_path / "preds.csv"
+    result = run(artifacts["onnx"], slides / "a_clam.h5", slides / "e_one.npy", "--out", out, "-q", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["bag"] for r in rows(out)] == ["a_clam", "e_one"]
+    assert result.stdout == ""
+
+
+def test_torchscript_model_gives_the_same_csv(artifacts, slides, tmp_path):
+    (slides / "d_broken.h5").unlink()
+    onnx_out, pt_out = tmp_path / "onnx.csv", tmp_path / "pt.csv"
+    run(artifacts["onnx"], slides, "--out", onnx_out, "-q", "--no-progress")
+    run(artifacts["pt"], slides, "--out", pt_out, "-q", "--no-progress")
+    for a, b in zip(rows(onnx_out), rows(pt_out)):
+        assert (a["bag"], a["label"], a["error"]) == (b["bag"], b["label"], b["error"])
+        for c in CLASSES:
+            if a["error"] == "":
+                assert float(a[f"prob_{c}"]) == pytest.approx(float(b[f"prob_{c}"]), abs=1e-5)
+
+
+def test_missing_inputs_are_reported_and_the_rest_finish(artifacts, slides, tmp_path):
+    out = tmp_path / "preds.csv"
+    result = run(artifacts["onnx"], tmp_path / "nowhere.h5", slides / "e_one.npy", "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert [(r["bag"], r["error"]) for r in rows(out)] == [("nowhere", "no such file or folder"), ("e_one", "")]
+
+
+def test_usage_and_server_errors_are_one_line(artifacts, slides, tmp_path):
+    result = run("http://127.0.0.1:1", slides)
+    assert result.exit_code == 2 and "--model-name is needed" in result.output
+
+    result = run("http://127.0.0.1:1", slides, "--model-name", "abmil", "--out", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Triton server at http://127.0.0.1:1 is not reachable")
+
+    result = run(tmp_path / "missing.onnx", slides)
+    assert result.exit_code == 1 and "missing.onnx: no such file" in result.stderr

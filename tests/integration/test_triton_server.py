@@ -1,0 +1,104 @@
+"""A real Triton server (the pip-installed one, Python backend) on loopback, called by MILClient."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from milsdk.errors import ServerStartError, ServerUnavailableError
+from milsdk.serving import MILClient, TritonServer
+
+pytestmark = pytest.mark.integration
+
+
+def check_against_eager(preds, bags, expected, tol=1e-4):
+    assert [p.index for p in preds] == list(range(len(bags)))
+    for pred, bag, (logits, attention) in zip(preds, bags, expected):
+        assert pred.ok, pred.error
+        assert pred.attention.shape == (len(bag),)
+        np.testing.assert_allclose(pred.logits, logits, atol=tol)
+        np.testing.assert_allclose(pred.attention, attention, atol=tol)
+        assert pred.attention.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", ["abmil", "transmil"])
+def test_client_matches_eager_pytorch_on_50_bags(triton_server, eval_bags, eager_outputs, model, protocol):
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    with MILClient.from_triton(url, model) as client:
+        assert client.info.model_name == {"abmil": "ABMIL", "transmil": "TransMIL"}[model]
+        assert client.max_batch_size == 8  # the exporter's max_batch_size, read from the server's config
+        preds = client.predict(eval_bags)
+    check_against_eager(preds, eval_bags, eager_outputs[model])
+    assert sorted(len(b) for b in eval_bags)[::49] == [1, 5000]
+    assert client.last_run.requests < len(eval_bags)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shared_memory_gives_the_same_outputs(triton_server, eval_bags, eager_outputs, protocol):
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    bags = eval_bags[:20]
+    with MILClient.from_triton(url, "abmil", shared_memory=True) as client:
+        preds = client.predict(bags)
+    check_against_eager(preds, bags, eager_outputs["abmil"][:20])
+
+
+def test_shared_memory_regions_lost_by_the_server_are_registered_again(triton_server, eval_bags, eager_outputs):
+    import tritonclient.http
+
+    bags = eval_bags[:6]
+    with MILClient.from_triton(triton_server.http_url, "abmil", shared_memory=True, max_in_flight=1) as client:
+        client.predict(bags)
+        # what a server restart between two requests does: it forgets every registered region
+        admin = tritonclient.http.InferenceServerClient(triton_server.http_url.removeprefix("http://"))
+        assert admin.get_system_shared_memory_status()
+        admin.unregister_system_shared_memory()
+        admin.close()
+        preds = client.predict(bags)
+    check_against_eager(preds, bags, eager_outputs["abmil"][:6])
+
+
+def test_bad_bags_among_good_ones_over_triton(triton_server, eval_bags):
+    bags = [eval_bags[0], np.ones((5, 3), np.float32), eval_bags[1], np.full((4, 64), np.nan, np.float32),
+            np.ones((0, 64), np.float32), eval_bags[2]]
+    with MILClient.from_triton(triton_server.grpc_url, "abmil") as client:
+        preds = client.predict(bags)
+    assert [p.ok for p in preds] == [True, False, True, False, False, True]
+    assert "dimension 3" in preds[1].error and "NaN" in preds[3].error and "0 instances" in preds[4].error
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_down_at_start_is_one_clear_error_naming_the_url(protocol, unused_port):
+    url = f"{'http' if protocol == 'http' else 'grpc'}://127.0.0.1:{unused_port}"
+    with pytest.raises(ServerUnavailableError, match=f"Triton server at {url} is not reachable"):
+        MILClient.from_triton(url, "abmil")
+
+
+def test_unknown_model_names_the_models_there(triton_server):
+    with pytest.raises(ServerUnavailableError, match="model 'nope' is not ready .* models there: abmil, transmil"):
+        MILClient.from_triton(triton_server.http_url, "nope")
+
+
+def test_port_taken_is_a_clear_start_error(triton_repo, triton_server):
+    port = triton_server.ports["http"]
+    with pytest.raises(ServerStartError, match=f"http port {port} on 127.0.0.1 is already in use"):
+        TritonServer(triton_repo, http_port=port).start()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_stopped_mid_run_and_restarted_loses_no_bag(triton_repo, eval_bags, eager_outputs, protocol):
+    bags, expected = eval_bags, eager_outputs["abmil"]
+    with TritonServer(triton_repo, models=["abmil"], exit_timeout_s=1) as server:
+        url = server.http_url if protocol == "http" else server.grpc_url
+        client = MILClient.from_triton(url, "abmil", max_batch_size=1, max_in_flight=2, retry_deadline_s=60)
+        preds = []
+        for pred in client.predict_iter(bags):
+            preds.append(pred)
+            if len(preds) == 5:
+                server.stop()  # the requests still to come find no server...
+                restarter = threading.Timer(1.0, server.start)  # ...until it is back on the same ports
+                restarter.start()
+        restarter.join()
+        client.close()
+    check_against_eager(preds, bags, expected)
+    assert client.last_run.retries > 0

@@ -1,0 +1,86 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from milsdk.contract import METADATA_KEY
+from milsdk.errors import ArtifactError, ServingError
+from milsdk.export import DeploymentModule, export_onnx
+from milsdk.serving.backends import open_artifact
+from milsdk.serving.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
+from milsdk.serving.planner import pad_batch
+
+
+def padded(bags):
+    return pad_batch([{"features": b} for b in bags], max(len(b) for b in bags), ["features", "mask"])
+
+
+def test_padded_batch_matches_eager_pytorch(abmil_model, abmil_onnx, make_bags):
+    backend = OnnxRuntimeBackend(abmil_onnx)
+    inputs = padded(make_bags([3, 50, 1, 17]))
+    out = backend.run(inputs)
+    with torch.no_grad():
+        logits, attention = DeploymentModule(abmil_model)(
+            torch.from_numpy(inputs["features"]), torch.from_numpy(inputs["mask"])
+        )
+    assert out["logits"].shape == (4, 1) and out["attention"].shape == (4, 50)
+    assert out["logits"].dtype == out["attention"].dtype == np.float32
+    np.testing.assert_allclose(out["logits"], logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["attention"], attention.numpy(), atol=1e-5)
+    assert (out["attention"][~inputs["mask"]] == 0).all()
+
+
+def test_metadata_threads_and_arena_shrinkage(abmil_onnx):
+    backend = open_artifact(abmil_onnx, intra_op_threads=1, inter_op_threads=1)
+    assert isinstance(backend, OnnxRuntimeBackend)
+    assert backend.info.model_name == "ABMIL" and backend.info.feature_dim == 24
+    assert backend.info.inputs == ["features", "mask"]
+    assert backend.max_batch_size is None
+    options = backend.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert backend.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert backend.providers == ["CPUExecutionProvider"]
+
+
+def test_provider_preference_tensorrt_cuda_cpu():
+    trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    assert choose_providers([cpu, "AzureExecutionProvider", cuda, trt]) == [trt, cuda, cpu]
+    assert choose_providers([cuda]) == [cuda, cpu]
+    assert choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_float16_features_input_is_fed_float16(abmil_model, abmil_onnx, tmp_path, make_bags):
+    path = export_onnx(abmil_model, tmp_path / "fp16.onnx", features_dtype="float16")
+    backend = OnnxRuntimeBackend(path)
+    inputs = padded(make_bags([5, 9]))
+    assert inputs["features"].dtype == np.float32
+    out = backend.run(inputs)  # the backend casts the features to the graph's float16 input
+    full = OnnxRuntimeBackend(abmil_onnx).run(inputs)
+    # float16 rounding of the inputs only: a loose, stated tolerance
+    np.testing.assert_allclose(out["logits"], full["logits"], atol=1e-2)
+    np.testing.assert_allclose(out["attention"], full["attention"], atol=1e-2)
+
+
+def test_bad_artifacts_are_one_line_errors_naming_the_file(abmil_onnx, tmp_path):
+    with pytest.raises(ArtifactError, match="no such file"):
+        open_artifact(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match=f"{garbage}: onnxruntime cannot load it"):
+        open_artifact(garbage)
+    proto = onnx.load(str(abmil_onnx))
+    for prop in [p for p in proto.metadata_props if p.key == METADATA_KEY]:
+        proto.metadata_props.remove(prop)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    with pytest.raises(ArtifactError, match="no milsdk metadata"):
+        open_artifact(bare)
+    with pytest.raises(ArtifactError, match="unknown artifact type '.bin'"):
+        (tmp_path / "model.bin").write_bytes(b"")
+        open_artifact(tmp_path / "model.bin")
+
+
+def test_a_failing_run_is_a_serving_error(abmil_onnx):
+    backend = OnnxRuntimeBackend(abmil_onnx)
+    with pytest.raises(ServingError, match="onnxruntime failed on a batch of shape 1x3x7"):
+        backend.run({"features": np.zeros((1, 3, 7), np.float32), "mask": np.ones((1, 3), bool)})
