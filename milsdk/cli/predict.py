@@ -34,6 +34,11 @@ _URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
     "--attention-dir", type=click.Path(file_okay=False, path_type=Path),
     help="Write each bag's attention as DIR/<bag>.npy, float32 (N,), in the order of the file's instances.",
 )
+@click.option(
+    "--heatmaps", type=click.Path(file_okay=False, path_type=Path),
+    help="Write each bag's attention heatmap as DIR/<bag>.png: on the patch grid when the file has coords, "
+    "else a CT-style strip (needs matplotlib: pip install \"milsdk[viz]\").",
+)
 @click.option("--max-instances", default=32768, show_default=True, help="Padded instance slots per request.")
 @click.option("--max-batch-size", default=16, show_default=True, help="Most bags per request.")
 @click.option("--shared-memory", is_flag=True, help="Triton on this host: pass tensors through shared memory.")
@@ -47,6 +52,7 @@ def predict(
     protocol: str,
     out: Path,
     attention_dir: Path | None,
+    heatmaps: Path | None,
     max_instances: int,
     max_batch_size: int,
     shared_memory: bool,
@@ -65,12 +71,18 @@ def predict(
     \b
     Examples:
       milsdk predict exports/abmil/model.onnx slides/ --out preds.csv --attention-dir attention/
+      milsdk predict exports/abmil/model.onnx slides/ --heatmaps heatmaps/
       milsdk predict http://127.0.0.1:8000 slides/*.h5 --model-name abmil
       milsdk predict grpc://127.0.0.1:8001 slides/ --model-name abmil
     """
     from tqdm import tqdm
 
     from milsdk.serving import BagPrediction, MILClient
+
+    if heatmaps is not None:  # fail before any work when the PNG writer cannot run
+        from milsdk.visualize.heatmap import _matplotlib
+
+        _matplotlib()
 
     if model_or_url.startswith(_URL_SCHEMES) or (model_name is not None and not Path(model_or_url).exists()):
         if not model_name:
@@ -106,8 +118,7 @@ def predict(
         for name, source, error in failures:  # paths that are not there at all come first
             failed(name, source, error, is_file=False)
 
-        # Each prediction goes through these writers with the file it came from. Hook for `--heatmaps DIR`
-        # (milsdk.visualize): one more writer here that draws pred.attention at the coords read from `source`.
+        # Each prediction goes through these writers with the file it came from.
         def write_row(pred: BagPrediction, source: Path) -> None:
             probabilities = [f"{p:.6g}" for p in pred.probabilities]
             table.writerow([pred.name, str(source), pred.n_instances, *probabilities, pred.label_name, ""])
@@ -115,12 +126,22 @@ def predict(
         prediction_writers: list[Callable[[BagPrediction, Path], None]] = [write_row]
         if attention_dir is not None:
             prediction_writers.append(lambda pred, _: np.save(attention_dir / f"{pred.name}.npy", pred.attention))
+        coords: list = []  # each read bag's coords (or None), by input index, for the heatmaps
+        if heatmaps is not None:
+            from milsdk.visualize import save_bag_heatmap
+
+            def write_heatmap(pred: BagPrediction, _: Path) -> None:
+                probability = float(pred.probabilities.max() if info.n_classes > 1 else pred.probabilities[0])
+                save_bag_heatmap(heatmaps, pred.name, pred.attention, coords=coords[pred.index],
+                                 title=f"{pred.name}: {pred.label_name} (p = {probability:.2f})")
+
+            prediction_writers.append(write_heatmap)
         if not quiet:
             prediction_writers.append(lambda pred, _: _write_line(_summary(pred, top_k)))
 
         sources: list[Path] = []
         unreadable: list[tuple[int, Path, str]] = []  # (number of good bags read before it, file, error)
-        for pred in client.predict_iter(_read(files, sources, unreadable)):
+        for pred in client.predict_iter(_read(files, sources, unreadable, coords)):
             while unreadable and unreadable[0][0] <= pred.index:  # keep the rows in input order
                 _, source, error = unreadable.pop(0)
                 failed(source.stem, source, error)
@@ -158,8 +179,11 @@ def _expand(inputs: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str, Path,
     return files, failures
 
 
-def _read(files: list[Path], sources: list[Path], unreadable: list[tuple[int, Path, str]]) -> Iterator[dict]:
-    """Bags read lazily from ``files``; files that cannot be read go to ``unreadable`` instead."""
+def _read(
+    files: list[Path], sources: list[Path], unreadable: list[tuple[int, Path, str]], coords: list
+) -> Iterator[dict]:
+    """Bags read lazily from ``files`` (their paths go to ``sources``, their coords to ``coords``); files that
+    cannot be read go to ``unreadable`` instead."""
     from milsdk.serving.inputs import read_bag
 
     for path in files:
@@ -169,6 +193,7 @@ def _read(files: list[Path], sources: list[Path], unreadable: list[tuple[int, Pa
             unreadable.append((len(sources), path, str(exc).removeprefix(f"{path}: ")))
             continue
         sources.append(path)
+        coords.append(bag.get("coords"))
         yield bag
 
 

@@ -418,7 +418,7 @@ class Trainer:
                 if not pbar.disable:
                     local_loss += float(loss.detach()) * n_bags
                     local_bags += n_bags
-                    pbar.set_postfix({f"{mode}/loss": local_loss / local_bags})
+                    pbar.set_postfix({f"{mode}/loss": local_loss / local_bags}, refresh=False)  # redraw at tqdm's pace
             if training and pending:
                 self._sync_leftover_grads()
                 self._optimizer_step()

@@ -124,3 +124,16 @@ def test_usage_and_server_errors_are_one_line(artifacts, slides, tmp_path):
 
     result = run(tmp_path / "missing.onnx", slides)
     assert result.exit_code == 1 and "missing.onnx: no such file" in result.stderr
+
+
+def test_heatmaps_one_png_per_bag_grid_with_coords_strip_without(artifacts, slides, tmp_path):
+    import matplotlib.image
+
+    heatmaps = tmp_path / "heatmaps"
+    result = run(artifacts["onnx"], slides, "--out", tmp_path / "p.csv", "--heatmaps", heatmaps, "--no-progress")
+    assert result.exit_code == 1  # the two bad files fail; the good bags all get a heatmap
+    assert sorted(p.name for p in heatmaps.iterdir()) == ["a_clam.png", "b_stamp.png", "e_one.png"]
+    for name in ("a_clam.png", "b_stamp.png"):
+        pixels = matplotlib.image.imread(heatmaps / name)[..., :3]
+        hottest = np.array([0.993, 0.906, 0.144])  # viridis at 1.0: the most attended instance
+        assert (np.abs(pixels - hottest).max(axis=-1) < 0.03).any(), name
