@@ -14,10 +14,12 @@ The Trainer calls these so that a training script runs unchanged under
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,9 +115,17 @@ def setup_distributed(
 
 def teardown_distributed(ctx: DistributedContext) -> None:
     """Leave the process group this module joined, after a barrier, so that no rank exits while a peer still
-    holds a connection to it (gloo aborts the process otherwise)."""
+    holds a connection to it (gloo aborts the process otherwise).
+
+    Call it after dropping every ``DistributedDataParallel`` wrapper. The pause between the barrier and the
+    destruction is not cosmetic: gloo's worker thread frees the finished work (tensors that Python owns) after
+    the barrier returns, which needs the GIL, while destroying the group joins that thread with the GIL held;
+    sleeping releases the GIL so the worker can finish first (without it, ranks deadlocked now and then).
+    """
     if ctx.enabled and dist.is_initialized():
         dist.barrier()
+        gc.collect()
+        time.sleep(0.5)
         dist.destroy_process_group()
 
 

@@ -34,6 +34,7 @@ from milsdk.utils.distributed import (
     broadcast_flag,
     setup_distributed,
     shard_dataloader,
+    teardown_distributed,
 )
 from milsdk.utils.metrics import Mean, default_metrics
 
@@ -265,6 +266,12 @@ class Trainer:
                     )
                 break
         return self.history
+
+    def close(self) -> None:
+        """Drop the DDP wrapper and leave the process group (a no-op when not distributed). Call it once, after
+        the last ``train``; the model and the best weights stay usable."""
+        self._train_module = _LossModule(self.wrapper)
+        teardown_distributed(self.ctx)
 
     def get_model_state_dict(self) -> dict[str, torch.Tensor]:
         """A copy (on the CPU) of the model's current ``state_dict`` (keys of the unwrapped model)."""

@@ -21,7 +21,6 @@ from milsdk.data import collate_fn
 from milsdk.errors import DatasetError
 from milsdk.models import create_model
 from milsdk.utils.checkpoint import save_checkpoint
-from milsdk.utils.distributed import teardown_distributed
 from milsdk.utils.metrics import AUROC, Accuracy
 from milsdk.utils.trainer import Trainer
 
@@ -156,7 +155,7 @@ def train_model(
     )
     seconds = time.perf_counter() - start
     model = trainer.get_best_model().eval()
-    teardown_distributed(trainer.ctx)
+    trainer.close()
     if not trainer.ctx.is_main:  # under torchrun, rank 0 alone evaluates and writes the checkpoint
         return TrainingRun(model.cpu(), trainer.history, {}, None, trainer.best_epoch, seconds)
     val_metrics = evaluate_model(model, val_set if val_set is not None else train_set, device=trainer.device)
