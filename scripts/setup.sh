@@ -34,5 +34,5 @@ fi
 # Triton's Python backend runs model.py with the first Python on PATH, and its stub exchanges arrays in numpy 1.x
 # layout: it gets a small environment of its own (numpy<2 + onnxruntime), reused by `milsdk serve` and the tests.
 echo "[setup] preparing the server-side Python environment for Triton's Python backend"
-python -m milsdk.serving.server_env
+python -c "from milsdk.serving import ensure_server_env; print(ensure_server_env())"
 echo "[setup] done: $(python -c 'import milsdk, torch; print("milsdk", milsdk.__version__, "torch", torch.__version__)')"
