@@ -34,6 +34,18 @@ def test_client_matches_eager_pytorch_on_50_bags(triton_server, eval_bags, eager
     assert client.last_run.requests < len(eval_bags)
 
 
+@pytest.mark.parametrize("model", ["abmil", "transmil"])
+def test_triton_python_backend_equals_in_process_onnxruntime(triton_server, triton_repo, eval_bags, model):
+    """The exporter's Python-backend variant, served by a real Triton, against the same model.onnx run by
+    onnxruntime in this process: the same numbers within 1e-5."""
+    onnx_path = triton_repo / model / "1" / "model.onnx"
+    with MILClient.from_path(onnx_path) as local, MILClient.from_triton(triton_server.grpc_url, model) as served:
+        for ours, theirs in zip(local.predict(eval_bags), served.predict(eval_bags)):
+            assert ours.ok and theirs.ok
+            np.testing.assert_allclose(theirs.logits, ours.logits, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(theirs.attention, ours.attention, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_shared_memory_gives_the_same_outputs(triton_server, eval_bags, eager_outputs, protocol):
     url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
