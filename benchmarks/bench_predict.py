@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.75, help="log-normal sigma of the bag sizes")
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--models", default="abmil,transmil")
-    parser.add_argument("--max-instances", type=int, default=32768)
+    parser.add_argument("--max-instances", type=int, default=None,
+                        help="padded slots per request (default: each client's own default)")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_predict.md")
@@ -85,6 +86,7 @@ def main() -> None:
             rows.append((model_name, path_name, seconds, error, padded))
             print(f"{model_name:9s} {path_name:32s} {seconds:7.2f} s  max |logit - eager| {error:.1e}", flush=True)
 
+        budget = {} if args.max_instances is None else {"max_instances": args.max_instances}
         for name in args.models.split(","):
             torch.manual_seed(0)
             model = MODELS[name](in_shape=(args.dim,)).eval()
@@ -93,7 +95,7 @@ def main() -> None:
             seconds, references[name] = eager(model, bags)
             rows.append((name, "eager PyTorch, one bag at a time", seconds, None, 0.0))
             print(f"{name:9s} {'eager PyTorch':32s} {seconds:7.2f} s", flush=True)
-            add(name, "onnxruntime (in-process)", MILClient.from_path(paths[name], max_instances=args.max_instances))
+            add(name, "onnxruntime (in-process)", MILClient.from_path(paths[name], **budget))
         if not args.no_triton:
             with TritonServer(repo) as server:
                 for name in paths:
@@ -102,8 +104,7 @@ def main() -> None:
                         ("Triton gRPC (Python backend)", server.grpc_url, False),
                         ("Triton HTTP + shared memory", server.http_url, True),
                     ]:
-                        add(name, label, MILClient.from_triton(url, name, shared_memory=shm,
-                                                               max_instances=args.max_instances))
+                        add(name, label, MILClient.from_triton(url, name, shared_memory=shm, **budget))
 
     lines = [
         f"# predict throughput: {args.bags} bags, log-normal sizes (median {int(np.median(sizes))}, "
@@ -111,7 +112,9 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch "
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, numpy {np.__version__}. "
-        f"max_instances {args.max_instances} padded slots per request, max_batch_size 16 (Triton: the model's 8).",
+        + (f"max_instances {args.max_instances} padded slots per request." if args.max_instances else
+           "Client defaults: in-process 4,096 padded slots per request, 1 in flight; Triton 32,768 slots, "
+           "4 in flight, the model's max_batch_size (8)."),
         "",
         "| model | path | seconds | bags/s | instances/s | padded slots | max abs logit diff vs eager |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -139,12 +139,18 @@ class MILClient:
         cls,
         path: str | Path,
         *,
-        max_instances: int = 32768,
+        max_instances: int = 4096,
         max_batch_size: int = 16,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         **backend_options: Any,
     ) -> MILClient:
         """A client running an exported file in-process: ``.onnx`` with onnxruntime, ``.pt`` with TorchScript.
+
+        In-process defaults differ from a server's: one run at a time (the runtime already uses every core, and
+        a second run in flight only contends for them), and only small bags are packed together (a run's fixed
+        cost matters for them; a large bag goes alone, unpadded and uncopied). Measured on 2 CPU cores with
+        ABMIL, 200 bags of median 3,000 x 1024: 0.81-0.90 s with these defaults against 1.59-1.71 s with
+        32,768 padded slots per request and 2 in flight (eager PyTorch: 1.43 s).
 
         Args:
             path: the artifact.
