@@ -39,8 +39,9 @@ _URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
     help="Write each bag's attention heatmap as DIR/<bag>.png: on the patch grid when the file has coords, "
     "else a CT-style strip (needs matplotlib: pip install \"milsdk[viz]\").",
 )
-@click.option("--max-instances", default=32768, show_default=True, help="Padded instance slots per request.")
-@click.option("--max-batch-size", default=16, show_default=True, help="Most bags per request.")
+@click.option("--max-instances", type=click.IntRange(1), default=None,
+              help="Padded instance slots per request [in-process 4096, Triton 32768].")
+@click.option("--max-batch-size", type=click.IntRange(1), default=None, help="Most bags per request [16].")
 @click.option("--shared-memory", is_flag=True, help="Triton on this host: pass tensors through shared memory.")
 @click.option("--top-k", default=3, show_default=True, help="Top-attended instances listed per bag on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per bag on stdout (the CSV and summary only).")
@@ -53,8 +54,8 @@ def predict(
     out: Path,
     attention_dir: Path | None,
     heatmaps: Path | None,
-    max_instances: int,
-    max_batch_size: int,
+    max_instances: int | None,
+    max_batch_size: int | None,
     shared_memory: bool,
     top_k: int,
     quiet: bool,
@@ -84,15 +85,16 @@ def predict(
 
         _matplotlib()
 
+    budget = {k: v for k, v in (("max_instances", max_instances), ("max_batch_size", max_batch_size)) if v}
     if model_or_url.startswith(_URL_SCHEMES) or (model_name is not None and not Path(model_or_url).exists()):
         if not model_name:
             raise click.UsageError("--model-name is needed with a Triton URL")
         client = MILClient.from_triton(
             model_or_url, model_name, protocol=protocol, shared_memory=shared_memory,
-            max_instances=max_instances, max_batch_size=max_batch_size,
+            **budget,
         )
     else:
-        client = MILClient.from_path(model_or_url, max_instances=max_instances, max_batch_size=max_batch_size)
+        client = MILClient.from_path(model_or_url, **budget)
 
     files, failures = _expand(inputs)
     if attention_dir is not None:
