@@ -19,7 +19,6 @@ _COMMANDS = {
     "serve": "milsdk.cli.serve:serve",
     "predict": "milsdk.cli.predict:predict",
     "demo": "milsdk.cli.demo:demo",
-    "bench": "milsdk.cli.bench:bench",
 }
 
 
