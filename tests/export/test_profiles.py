@@ -17,7 +17,7 @@ def test_packaged_profiles_are_the_top_level_folder():
     link = REPO / "milsdk" / "export" / "profiles"
     assert link.is_symlink() and os.readlink(link) == "../../export/profiles"
     assert PROFILES_DIR.resolve() == (REPO / "export" / "profiles").resolve()
-    assert list_profiles() == ["cpu", "gpu-fp16", "triton-python"]
+    assert list_profiles() == ["cpu", "gpu-fp16", "triton-python", "triton-pytorch"]
 
 
 def test_packaged_profiles():
@@ -38,6 +38,10 @@ def test_packaged_profiles():
     assert gpu.instance_groups == (InstanceGroup("gpu", 1, (0,)),)
     assert (python.triton_backend, python.triton_format, python.uses_gpu) == ("python", "onnx", False)
     assert all(p.description for p in (cpu, gpu, python))
+    torchscript = load_profile("triton-pytorch")
+    assert (torchscript.formats, torchscript.triton_backend, torchscript.triton_format) == (
+        ("torchscript",), "pytorch", "torchscript")
+    assert torchscript.uses_gpu and torchscript.precision == "float32"
 
 
 def _toml(tmp_path, text, name="custom.toml"):
@@ -90,7 +94,7 @@ def test_bad_profiles_name_the_file_and_key(tmp_path, text, message):
 
 def test_unknown_names_and_missing_files(tmp_path):
     with pytest.raises(
-        ExportError, match="unknown profile 'gpu'; packaged profiles: cpu, gpu-fp16, triton-python"
+        ExportError, match="unknown profile 'gpu'; packaged profiles: cpu, gpu-fp16, triton-python, triton-pytorch"
     ):
         load_profile("gpu")
     with pytest.raises(ExportError, match="no such file"):
