@@ -108,5 +108,5 @@ def test_bad_profile_is_one_line(ckpt, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert (
         result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, gpu-fp16, "
-        "triton-python (or a .toml path)"
+        "triton-python, triton-pytorch (or a .toml path)"
     )
