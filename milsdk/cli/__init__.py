@@ -22,6 +22,14 @@ _COMMANDS = {
 }
 
 
+# optional modules -> the extra that installs them
+_EXTRA_OF_MODULE = {
+    "torch": "train", "tensordict": "train", "onnx": "train", "onnxscript": "train",
+    "onnxruntime": "client", "tritonclient": "client", "h5py": "client",
+    "matplotlib": "viz", "sklearn": "demo",
+}
+
+
 class _LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use; errors become one line and exit code 1."""
 
@@ -42,6 +50,15 @@ class _LazyGroup(click.Group):
             return super().invoke(ctx)
         except MILSDKError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except ModuleNotFoundError as exc:
+            # the light client installs no torch: name what is missing and the extra that brings it
+            extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(f'Error: milsdk {command} needs {exc.name}, which is not installed: '
+                       f'pip install "milsdk[{extra}]"', err=True)
             ctx.exit(1)
 
 
