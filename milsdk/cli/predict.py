@@ -81,9 +81,9 @@ def predict(
     from milsdk.serving import BagPrediction, MILClient
 
     if heatmaps is not None:  # fail before any work when the PNG writer cannot run
-        from milsdk.visualize.heatmap import _matplotlib
+        from milsdk.visualize import require_matplotlib
 
-        _matplotlib()
+        require_matplotlib()
 
     budget = {k: v for k, v in (("max_instances", max_instances), ("max_batch_size", max_batch_size)) if v}
     if model_or_url.startswith(_URL_SCHEMES) or (model_name is not None and not Path(model_or_url).exists()):

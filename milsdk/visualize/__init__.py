@@ -16,6 +16,7 @@ from milsdk.visualize.ctscan import draw_heatmap_ctscan, draw_slices_contour, sl
 from milsdk.visualize.errors import MatplotlibMissingError, VisualizeError
 from milsdk.visualize.grid import GridLayout, attention_canvas, attention_grid, grid_layout
 from milsdk.visualize.heatmap import (
+    require_matplotlib,
     ct_heatmap_figure,
     render_ct_heatmap,
     render_wsi_heatmap,
@@ -48,6 +49,7 @@ __all__ = [
     "render_wsi_heatmap",
     "ct_heatmap_figure",
     "render_ct_heatmap",
+    "require_matplotlib",
     "save_bag_heatmap",
     "VisualizeError",
     "MatplotlibMissingError",

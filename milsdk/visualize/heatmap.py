@@ -25,6 +25,7 @@ from milsdk.visualize.grid import GridLayout, attention_canvas, attention_grid, 
 from milsdk.visualize.normalize import _as_attention, normalization_label, normalize_attention
 
 __all__ = [
+    "require_matplotlib",
     "wsi_heatmap_figure",
     "render_wsi_heatmap",
     "ct_heatmap_figure",
@@ -40,6 +41,12 @@ _MARGIN_IN = 0.25
 _CBAR_H_IN = 0.15
 _CBAR_LABEL_IN = 0.55
 _MIN_CBAR_W_IN = 5.0  # room for the colour-bar label that names the rule
+
+
+def require_matplotlib() -> None:
+    """Raise ``MatplotlibMissingError`` (one line, with the install hint) unless the PNG writers can run; lets a
+    caller fail before any work instead of at its first heatmap."""
+    _matplotlib()
 
 
 def _matplotlib() -> SimpleNamespace:
