@@ -95,9 +95,7 @@ def run(out: str | Path) -> None:
         },
         out / f"rank{rank}.pt",
     )
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    trainer.close()  # drops the DDP wrapper, then leaves the process group safely
 
 
 if __name__ == "__main__":

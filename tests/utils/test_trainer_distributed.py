@@ -9,8 +9,6 @@ those of the whole set.
 """
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,25 +24,12 @@ import _ddp_worker
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, process_tree_runner):
     ddp_dir = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen(
-        torchrun_command(2, [str(WORKER), str(ddp_dir)]),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 120 s:\n{output[-3000:]}")
-    assert proc.returncode == 0, output[-3000:]
+    done = process_tree_runner(torchrun_command(2, [str(WORKER), str(ddp_dir)]), timeout=180, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
 
     single_dir = tmp_path_factory.mktemp("single")
     _ddp_worker.run(single_dir)
