@@ -199,14 +199,14 @@ class Trainer:
         self.seed = seed
         self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
 
-        self._train_module: torch.nn.Module = _LossModule(self.wrapper)
-        if self.ctx.enabled:
-            if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
-                raise ValueError("distributed training needs a model with known input size: pass in_shape")
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self._train_module = DistributedDataParallel(
-                self._train_module, device_ids=device_ids, **dict(ddp_kwargs or {})
-            )
+        # Under DDP the wrapper exists only while ``train`` runs (see ``_wrap_for_training``).
+        self._local_module = _LossModule(self.wrapper)
+        self._train_module: torch.nn.Module = self._local_module
+        self._ddp_kwargs = dict(ddp_kwargs or {})
+        if self.ctx.enabled and any(
+            isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()
+        ):
+            raise ValueError("distributed training needs a model with known input size: pass in_shape")
 
         self.history: list[dict[str, float]] = []
         self.epoch = 0
@@ -243,6 +243,28 @@ class Trainer:
 
         if self.best_model_state_dict is None:
             self.best_model_state_dict = self.get_model_state_dict()
+        self._train_module = self._wrap_for_training()
+        try:
+            self._train_epochs(max_epochs, train_dl, val_dl, test_dl)
+        finally:
+            self._train_module = self._local_module
+        return self.history
+
+    def _wrap_for_training(self) -> torch.nn.Module:
+        """The module the training loop calls: wrapped in ``DistributedDataParallel`` when distributed.
+
+        The wrapper lives only while ``train`` runs. A DDP reducer holds the process group, and if it is the last
+        holder when it is freed (say the script called ``dist.destroy_process_group()`` itself, as PyTorch's DDP
+        tutorial does, and then dropped the Trainer), the group's destructor joins gloo's worker threads with the
+        GIL held while a worker may be waiting for the GIL to free a finished collective's tensors: a deadlock
+        seen about once in 20 two-process runs.
+        """
+        if not self.ctx.enabled:
+            return self._local_module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self._local_module, device_ids=device_ids, **self._ddp_kwargs)
+
+    def _train_epochs(self, max_epochs: int, train_dl: Any, val_dl: Any, test_dl: Any) -> None:
         for _ in range(max_epochs):
             self.epoch += 1
             _set_epoch(train_dl, self.epoch - 1)
@@ -265,12 +287,10 @@ class Trainer:
                         self.early_stop_count,
                     )
                 break
-        return self.history
 
     def close(self) -> None:
-        """Drop the DDP wrapper and leave the process group (a no-op when not distributed). Call it once, after
-        the last ``train``; the model and the best weights stay usable."""
-        self._train_module = _LossModule(self.wrapper)
+        """Leave the process group safely (a no-op when not distributed, or when the group is already gone).
+        Call it once, after the last ``train``; the model and the best weights stay usable."""
         teardown_distributed(self.ctx)
 
     def get_model_state_dict(self) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ gradient is the same full-batch mean.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import milsdk.utils.trainer as trainer_module
@@ -81,6 +83,8 @@ def run(out: str | Path) -> None:
     seen = [i for batch in sampler for i in batch]
 
     rank = trainer.ctx.rank
+    gc.collect()
+    ddp_alive_after_train = any(type(o) is DistributedDataParallel for o in gc.get_objects())
     torch.save(
         {
             "rank": rank,
@@ -92,10 +96,14 @@ def run(out: str | Path) -> None:
             "saves": saves,
             "sampler_bags": seen,
             "sampler_batches": len(sampler),
+            "ddp_alive_after_train": ddp_alive_after_train,
         },
         out / f"rank{rank}.pt",
     )
-    trainer.close()  # drops the DDP wrapper, then leaves the process group safely
+    if dist.is_initialized():
+        # the end of PyTorch's DDP tutorial, rather than trainer.close(): the Trainer must not deadlock either way
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -91,3 +91,9 @@ def test_rank_without_validation_batches(runs):
     for key in ("val/loss", "val/BCEWithLogitsLoss", "val/accuracy", "train/loss"):
         assert r0["tiny"][key] == r1["tiny"][key] == pytest.approx(single["tiny"][key], rel=1e-5), key
     assert r0["tiny"]["val/auroc"] != r0["tiny"]["val/auroc"]  # NaN
+
+
+def test_no_ddp_wrapper_outlives_train(runs):
+    # what makes the script's own destroy_process_group() safe: no DDP reducer is left to hold the group
+    _, ranks, _ = runs
+    assert [r["ddp_alive_after_train"] for r in ranks] == [False, False]
