@@ -17,7 +17,7 @@ from milsdk.models.registry import register_model
 from milsdk.nn.linear import LazyLinear, get_feat_dim
 from milsdk.nn.masked import as_bool_mask
 from milsdk.nn.ppeg import PPEG, ceil_sqrt, grid_side
-from milsdk.nn.transformers import NystromTransformerLayer
+from milsdk.nn.transformers.nystrom_transformer import nystrom_layers
 
 __all__ = ["TransMIL"]
 
@@ -94,21 +94,7 @@ class TransMIL(MILModel):
         feat_dim = get_feat_dim(self.feat_ext, in_shape) if in_shape is not None else None
         self.fc1 = LazyLinear(feat_dim, att_dim)
         self.cls_token = torch.nn.Parameter(torch.randn(1, 1, att_dim))
-        self.layers = torch.nn.ModuleList(
-            [
-                NystromTransformerLayer(
-                    att_dim,
-                    att_dim,
-                    att_dim=att_dim,
-                    n_heads=n_heads,
-                    n_landmarks=n_landmarks,
-                    pinv_iterations=pinv_iterations,
-                    dropout=dropout,
-                    use_mlp=use_mlp,
-                )
-                for _ in range(n_layers)
-            ]
-        )
+        self.layers = nystrom_layers(n_layers, att_dim, n_heads, n_landmarks, pinv_iterations, dropout, use_mlp)
         self.pos_layer = PPEG(att_dim)
         self.norm = torch.nn.LayerNorm(att_dim)
         self.classifier = torch.nn.Linear(att_dim, n_classes)

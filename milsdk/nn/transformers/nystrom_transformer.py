@@ -6,7 +6,7 @@ import torch
 
 from milsdk.nn.attention.nystrom_attention import NystromAttention
 
-__all__ = ["NystromTransformerLayer", "NystromTransformerEncoder"]
+__all__ = ["NystromTransformerLayer", "NystromTransformerEncoder", "nystrom_layers"]
 
 
 def _linear_or_identity(in_dim: int, out_dim: int) -> torch.nn.Module:
@@ -149,21 +149,7 @@ class NystromTransformerEncoder(torch.nn.Module):
         out_dim = in_dim if out_dim is None else out_dim
         self.in_dim, self.out_dim, self.att_dim, self.add_self = in_dim, out_dim, att_dim, add_self
         self.in_proj = _linear_or_identity(in_dim, att_dim)
-        self.layers = torch.nn.ModuleList(
-            [
-                NystromTransformerLayer(
-                    att_dim,
-                    att_dim,
-                    att_dim=att_dim,
-                    n_heads=n_heads,
-                    n_landmarks=n_landmarks,
-                    pinv_iterations=pinv_iterations,
-                    dropout=dropout,
-                    use_mlp=use_mlp,
-                )
-                for _ in range(n_layers)
-            ]
-        )
+        self.layers = nystrom_layers(n_layers, att_dim, n_heads, n_landmarks, pinv_iterations, dropout, use_mlp)
         self.norm = torch.nn.LayerNorm(att_dim)
         self.out_proj = _linear_or_identity(att_dim, out_dim)
 
@@ -213,3 +199,29 @@ class NystromTransformerEncoder(torch.nn.Module):
         if return_att:
             return Y, att
         return Y
+
+
+def nystrom_layers(
+    n_layers: int,
+    att_dim: int,
+    n_heads: int,
+    n_landmarks: int,
+    pinv_iterations: int,
+    dropout: float,
+    use_mlp: bool,
+) -> torch.nn.ModuleList:
+    """``n_layers`` :class:`NystromTransformerLayer` of width ``att_dim`` (tokens (B, N, att_dim) in and out), as
+    stacked by :class:`NystromTransformerEncoder` and TransMIL."""
+    return torch.nn.ModuleList(
+        NystromTransformerLayer(
+            att_dim,
+            att_dim,
+            att_dim=att_dim,
+            n_heads=n_heads,
+            n_landmarks=n_landmarks,
+            pinv_iterations=pinv_iterations,
+            dropout=dropout,
+            use_mlp=use_mlp,
+        )
+        for _ in range(n_layers)
+    )
