@@ -177,7 +177,10 @@ def export_checkpoint(
             else:
                 export_torchscript(model, path, **common)
             export_s = time.perf_counter() - start
-            say(f"verifying {path.name}: {len(plan.cases)} batches, {len(plan.padding)} padding probes")
+            say(
+                f"verifying {path.name}: {len(plan.cases)} batches, {len(plan.padding)} padding probes, "
+                f"attention scan of {len(plan.scan)} bag sizes"
+            )
             start = time.perf_counter()
             report = verify_export(path, model, plan=plan)
             exported.append(

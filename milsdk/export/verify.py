@@ -11,6 +11,9 @@ batches whose bags have different sizes (mixed padding). Checks (DESIGN.md, "Dep
   invariant" with its note and its measured numbers, without failing;
 - every output finite; a one-instance bag gives finite logits and attention 1;
 - attention sums to 1 over the real instances (<= 1e-4; float16 1e-3) and is 0 on padding;
+- attention scan: bags of every size in a dense scan (each size 1..128, then about 12 sizes per decade up to
+  5000), each checked to be a distribution over its real instances (finite, >= 0, sums to 1), so that a
+  degenerate attention at some sizes (all zero, negative) cannot hide between the sampled batch sizes;
 - outputs have the contract's shapes and dtypes; the metadata names the verified model.
 
 The report records the sizes tried, every number, errors, library versions and timings; write it beside the
@@ -47,6 +50,7 @@ __all__ = [
     "Tolerances",
     "VerificationPlan",
     "VerificationReport",
+    "dense_scan",
     "library_versions",
     "verify_export",
     "write_reports",
@@ -76,10 +80,11 @@ class PaddingProbe:
 
 @dataclass(frozen=True)
 class VerificationPlan:
-    """The batches and padding probes a verification runs."""
+    """The batches, padding probes and attention-scan bag sizes a verification runs."""
 
     cases: tuple[BatchCase, ...]
     padding: tuple[PaddingProbe, ...]
+    scan: tuple[int, ...] = ()
 
     @classmethod
     def default(cls) -> VerificationPlan:
@@ -98,6 +103,7 @@ class VerificationPlan:
                 BatchCase(3, 5000, mixed=True),
             ),
             padding=(PaddingProbe(1, 300, 3), PaddingProbe(37, 1000, 4), PaddingProbe(700, 5000, 2)),
+            scan=dense_scan(128, 5000),
         )
 
     @classmethod
@@ -107,11 +113,26 @@ class VerificationPlan:
         return cls(
             cases=(BatchCase(1, 1), BatchCase(3, 9, mixed=True), BatchCase(2, 40, mixed=True)),
             padding=(PaddingProbe(1, 20, 2), PaddingProbe(5, 33, 3)),
+            scan=dense_scan(24, 300),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"cases": [asdict(c) for c in self.cases], "padding": [asdict(p) for p in self.padding]}
+        return {
+            "cases": [asdict(c) for c in self.cases],
+            "padding": [asdict(p) for p in self.padding],
+            "scan": list(self.scan),
+        }
+
+
+def dense_scan(every_up_to: int, largest: int, per_decade: int = 12) -> tuple[int, ...]:
+    """Bag sizes: every size 1..``every_up_to``, then ``per_decade`` log-spaced sizes per decade up to
+    ``largest`` (included)."""
+    sizes = set(range(1, every_up_to + 1))
+    if largest > every_up_to:
+        count = max(2, int(np.ceil(np.log10(largest / every_up_to) * per_decade)) + 1)
+        sizes.update(int(round(n)) for n in np.geomspace(every_up_to, largest, count))
+    return tuple(sorted(sizes))
 
 
 @dataclass(frozen=True)
@@ -551,6 +572,10 @@ def verify_export(
     )
 
     start = time.perf_counter()
+    checks.append(_attention_scan(run, plan.scan, D, input_names, rng, tol, errors))
+    timings["scan_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     probes, pad_checks = _padding_probes(run, plan.padding, D, input_names, rng, tol, info, errors)
     timings["padding_s"] = time.perf_counter() - start
     checks += pad_checks
@@ -571,6 +596,57 @@ def verify_export(
         errors=errors,
         versions=library_versions(),
         timings={k: round(v, 4) for k, v in timings.items()},
+    )
+
+
+#: padded instance slots per batch of the attention scan (small bags are scanned many to a batch).
+_SCAN_SLOTS = 8192
+
+
+def _attention_scan(
+    run: Runner,
+    sizes: Sequence[int],
+    D: int,
+    input_names: list[str],
+    rng: np.random.Generator,
+    tol: Tolerances,
+    errors: list[str],
+) -> Check:
+    """Check that the attention of a bag of every size in ``sizes`` is a distribution over its real instances.
+
+    Bags are packed in ascending size into batches of at most 8 bags and :data:`_SCAN_SLOTS` padded slots.
+    """
+    if not sizes:
+        return Check("attention_scan", None, detail="not in the plan")
+    bad: list[str] = []
+    worst = 0.0
+    batches: list[list[int]] = [[]]
+    for n in sorted(sizes):
+        current = batches[-1]
+        if current and (len(current) == 8 or (len(current) + 1) * n > _SCAN_SLOTS):
+            batches.append(current := [])
+        current.append(int(n))
+    for lengths in batches:
+        inputs = _make_batch(lengths, max(lengths), D, input_names, rng)
+        try:
+            _, attention = run(inputs)
+        except Exception as exc:  # noqa: BLE001 - a failing size is a finding, recorded
+            errors.append(f"attention scan at sizes {_sizes(lengths)}: {first_line(exc)}")
+            bad.append(f"sizes {_sizes(lengths)} failed to run")
+            continue
+        for row, n in enumerate(lengths):
+            att = attention[row, :n].astype(np.float64)
+            error = abs(att.sum() - 1) if np.isfinite(att).all() else float("inf")
+            worst = max(worst, error)
+            if not error <= tol.attention_sum or (att < 0).any():
+                bad.append(f"N={n}: sum {att.sum():.4g}, min {att.min():.3g}")
+    return Check(
+        "attention_scan",
+        not bad,
+        worst,
+        tol.attention_sum,
+        (f"{len(sizes)} bag sizes {min(sizes)}..{max(sizes)}: "
+         + ("each a distribution over its real instances" if not bad else "; ".join(bad[:4]))),
     )
 
 

@@ -9,27 +9,12 @@ from collections.abc import Sequence
 
 import torch
 
-from milsdk.errors import ModelConfigError
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.attention import AttentionPool
-from milsdk.nn.linear import LazyLinear, get_feat_dim
+from milsdk.nn.linear import LazyLinear
 
-__all__ = ["ABMIL", "resolve_head"]
-
-
-def resolve_head(
-    criterion: torch.nn.Module | None, n_classes: int
-) -> tuple[torch.nn.Module, int]:
-    """Default criterion for ``n_classes`` outputs (BCEWithLogits for 1, CrossEntropy for C > 1), checked against
-    an explicit one. Shared by every model's constructor."""
-    if n_classes < 1:
-        raise ModelConfigError(f"n_classes must be >= 1, got {n_classes}")
-    if criterion is None:
-        criterion = torch.nn.BCEWithLogitsLoss() if n_classes == 1 else torch.nn.CrossEntropyLoss()
-    if n_classes == 1 and isinstance(criterion, torch.nn.CrossEntropyLoss):
-        raise ModelConfigError("criterion CrossEntropyLoss needs n_classes >= 2 (one logit per class)")
-    return criterion, n_classes
+__all__ = ["ABMIL"]
 
 
 @register_model
@@ -49,6 +34,8 @@ class ABMIL(MILModel):
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
     """
 
+    test_config = {"att_dim": 16}
+
     def __init__(
         self,
         in_shape: Sequence[int] | None = None,
@@ -60,9 +47,7 @@ class ABMIL(MILModel):
         n_classes: int = 1,
     ) -> None:
         super().__init__()
-        self.feat_ext = feat_ext if feat_ext is not None else torch.nn.Identity()
-        self.criterion, self.n_classes = resolve_head(criterion, n_classes)
-        feat_dim = get_feat_dim(self.feat_ext, in_shape) if in_shape is not None else None
+        feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
         self.pool = AttentionPool(in_dim=feat_dim, att_dim=att_dim, act=att_act, gated=gated)
         self.classifier = LazyLinear(feat_dim, n_classes)
 
@@ -82,9 +67,7 @@ class ABMIL(MILModel):
         """
         H = self.feat_ext(X)
         z, f = self.pool.pool_with_logits(H, mask)
-        logits = self.classifier(z)
-        if self.n_classes == 1:
-            logits = logits.squeeze(-1)
+        logits = self.squeeze_binary(self.classifier(z))
         if return_att:
             return logits, f
         return logits

@@ -15,6 +15,9 @@ Class attributes describe the model to the exporter and the client:
 - ``attention_output``: ``"logits"`` when the attention returned by forward is a score to softmax over the real
   instances (ABMIL-style), ``"weights"`` when it is already non-negative weights to renormalise.
 - ``padding_invariant`` / ``padding_note``: whether a bag's outputs are independent of the padding it gets.
+- ``test_config``: a small constructor configuration (everything but ``in_shape``) that the registry-driven
+  contract suite (tests/models/test_contract.py) builds the model with; ``test_n_classes``: the output counts
+  it is checked with (1 = binary).
 """
 
 from __future__ import annotations
@@ -26,10 +29,29 @@ from typing import Any, ClassVar
 
 import torch
 
-from milsdk.errors import BagError
+from milsdk.errors import BagError, ModelConfigError
+from milsdk.nn.linear import get_feat_dim
 from milsdk.nn.masked import masked_softmax, normalize_weights
 
-__all__ = ["MILModel", "MILModelWrapper"]
+__all__ = ["MILModel", "MILModelWrapper", "resolve_criterion"]
+
+
+def resolve_criterion(
+    criterion: torch.nn.Module | None, n_classes: int
+) -> tuple[torch.nn.Module, int]:
+    """Default criterion for ``n_classes`` outputs (BCEWithLogits for 1, CrossEntropy for C > 1), checked
+    against an explicit one.
+
+    Raises:
+        ModelConfigError: ``n_classes < 1``, or CrossEntropyLoss with a single output.
+    """
+    if n_classes < 1:
+        raise ModelConfigError(f"n_classes must be >= 1, got {n_classes}")
+    if criterion is None:
+        criterion = torch.nn.BCEWithLogitsLoss() if n_classes == 1 else torch.nn.CrossEntropyLoss()
+    if n_classes == 1 and isinstance(criterion, torch.nn.CrossEntropyLoss):
+        raise ModelConfigError("criterion CrossEntropyLoss needs n_classes >= 2 (one logit per class)")
+    return criterion, n_classes
 
 
 def _record_config(init):
@@ -74,6 +96,8 @@ class MILModel(torch.nn.Module):
     attention_output: ClassVar[str] = "logits"
     padding_invariant: ClassVar[bool] = True
     padding_note: ClassVar[str] = ""
+    test_config: ClassVar[dict[str, Any]] = {}
+    test_n_classes: ClassVar[tuple[int, ...]] = (1, 3)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -111,6 +135,33 @@ class MILModel(torch.nn.Module):
                 handle.remove()
 
         handle = self.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def setup_head(
+        self,
+        feat_ext: torch.nn.Module | None,
+        in_shape: Any,
+        criterion: torch.nn.Module | None,
+        n_classes: int,
+    ) -> int | None:
+        """The construction every model shares: set ``self.feat_ext`` (identity by default), ``self.criterion``
+        and ``self.n_classes`` (:func:`resolve_criterion`), and return the feature size the extractor gives
+        for one instance of ``in_shape`` (None when ``in_shape`` is None: lazy layers infer it later).
+
+        Args:
+            feat_ext: instance feature extractor applied to X (B, N, *in_shape), or None.
+            in_shape: shape of one instance, e.g. (1024,), or None.
+            criterion: bag loss, or None for the default of ``n_classes``.
+            n_classes: number of logits per bag (1 = binary).
+        """
+        self.feat_ext = feat_ext if feat_ext is not None else torch.nn.Identity()
+        self.criterion, self.n_classes = resolve_criterion(criterion, n_classes)
+        return get_feat_dim(self.feat_ext, in_shape) if in_shape is not None else None
+
+    def squeeze_binary(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, C) classifier output -> (B,) for one output, unchanged for C > 1."""
+        if self.n_classes == 1:
+            return logits.squeeze(-1)
+        return logits
 
     # -- losses, prediction ------------------------------------------------------------------------------------
     def bag_loss(self, logits: torch.Tensor, Y: torch.Tensor) -> dict[str, torch.Tensor]:

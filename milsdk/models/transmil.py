@@ -11,10 +11,9 @@ from collections.abc import Sequence
 import torch
 
 from milsdk.errors import ModelConfigError
-from milsdk.models.abmil import resolve_head
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
-from milsdk.nn.linear import LazyLinear, get_feat_dim
+from milsdk.nn.linear import LazyLinear
 from milsdk.nn.masked import as_bool_mask
 from milsdk.nn.ppeg import PPEG, ceil_sqrt, grid_side
 from milsdk.nn.transformers.nystrom_transformer import nystrom_layers
@@ -41,11 +40,15 @@ class TransMIL(MILModel):
     zero for PPEG. A bag's logits and attention are therefore the same alone or padded in any batch (to float
     rounding). Masks may have holes: real instances are taken in their order.
 
-    Attention (``return_att``): the class token's row of the last layer's Nyström attention,
-    :math:`\mathrm{kernel1}[\text{cls}]\, \mathrm{kernel2}^{+}\, \mathrm{kernel3}`, averaged over heads,
-    computed without the :math:`L \times L` matrix. The approximation can give small negative entries; they
-    are clamped to 0 per token, then the weight of a repeated (filler) token is added to the instance it
-    copies. The result is non-negative, 0 on padding and not normalised (``attention_output = "weights"``; the
+    Attention (``return_att``): the class token's **exact** softmax attention over the tokens in the last
+    layer, :math:`\operatorname{softmax}_j(q_\text{cls} \cdot k_j / \sqrt d)`, averaged over heads
+    (:meth:`NystromAttention.exact_attention_row`: one query row, O(N), the :math:`L \times L` matrix is never
+    formed). The layer itself still mixes tokens through its Nyström approximation; the approximation's class
+    row is not used as attention because its pseudo-inverse (a fixed number of iterations, as in the paper)
+    does not converge for an ill-conditioned landmark kernel, which a trained model produces, and the row can
+    then be all negative. The weight of a repeated (filler) token is added to the instance it copies. The
+    result is positive on every real instance, 0 on padding, and sums to the class token's attention mass
+    over the instances (< 1: the class token attends to itself too; ``attention_output = "weights"``, the
     deployment wrapper renormalises over the real instances).
 
     Args:
@@ -63,6 +66,7 @@ class TransMIL(MILModel):
     """
 
     attention_output = "weights"
+    test_config = {"att_dim": 16, "n_heads": 2, "n_landmarks": 8}
     # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
 
@@ -88,10 +92,8 @@ class TransMIL(MILModel):
         n_landmarks = max(att_dim // 2, 1) if n_landmarks is None else n_landmarks
         if n_landmarks < 1:
             raise ModelConfigError(f"TransMIL: n_landmarks must be >= 1, got {n_landmarks}")
-        self.feat_ext = feat_ext if feat_ext is not None else torch.nn.Identity()
-        self.criterion, self.n_classes = resolve_head(criterion, n_classes)
+        feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
         self.n_landmarks = n_landmarks
-        feat_dim = get_feat_dim(self.feat_ext, in_shape) if in_shape is not None else None
         self.fc1 = LazyLinear(feat_dim, att_dim)
         self.cls_token = torch.nn.Parameter(torch.randn(1, 1, att_dim))
         self.layers = nystrom_layers(n_layers, att_dim, n_heads, n_landmarks, pinv_iterations, dropout, use_mlp)
@@ -125,20 +127,19 @@ class TransMIL(MILModel):
         seq = torch.cat([self.cls_token.to(H.dtype).expand(B, 1, E), tokens], dim=1)  # (B, 1 + S*S, E)
         seq_mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=device), valid], dim=1)
 
-        att = (seq, seq, seq)
+        last = len(self.layers) - 1
+        cls_row = seq.new_zeros(0)
         for i, layer in enumerate(self.layers):
-            seq, att = layer.forward_att(seq, seq_mask)
+            if need_att and i == last:
+                cls_row = layer.att.exact_attention_row(layer.norm1(layer.in_proj(seq)), seq_mask)  # (B, h, 1+S*S)
+            seq, _ = layer.forward_att(seq, seq_mask)
             if i == 0:
                 seq = torch.cat([seq[:, :1], self.pos_layer(seq[:, 1:], side)], dim=1)
-        logits = self.classifier(self.norm(seq[:, 0]))
-        if self.n_classes == 1:
-            logits = logits.squeeze(-1)
+        logits = self.squeeze_binary(self.classifier(self.norm(seq[:, 0])))
         if not need_att:
             return logits, logits.new_zeros(0)
 
-        kernel1, kernel2_pinv, kernel3 = att
-        cls_row = (kernel1[:, :, :1] @ kernel2_pinv) @ kernel3  # (B, h, 1, 1 + S*S)
-        weights = cls_row.squeeze(2).mean(dim=1)[:, 1:].clamp_min(0)  # (B, S*S); padded tokens are 0
+        weights = cls_row.mean(dim=1)[:, 1:]  # (B, S*S); padded tokens are 0
         # Slot j (< n_b) is token j plus, when it was repeated, the filler token j + n_b.
         j = torch.arange(N, device=device).reshape(1, N)
         copy = j + n

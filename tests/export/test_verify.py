@@ -167,3 +167,38 @@ def test_metadata_of_another_model_fails(abmil, abmil_artifacts):
         report.check("metadata").passed is False
         and "n_classes 3 != model 1" in report.check("metadata").detail
     )
+
+
+class AttentionVanishesAt77(torch.nn.Module):
+    """ABMIL's exported attention, except that bags of exactly 77 instances get all-zero attention."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.original = model.deployment_attention
+
+    def deployment_attention(self, att, mask):
+        weights = self.original(att, mask)
+        return weights * (mask.sum(1, keepdim=True) != 77).to(weights.dtype)
+
+
+def test_dense_attention_scan_catches_degenerate_attention_at_one_size(abmil, tmp_path, monkeypatch):
+    """The sampled batches never hold a bag of 77 instances; the dense scan does, and fails there."""
+    model = abmil[1]
+    broken = AttentionVanishesAt77(model)
+    monkeypatch.setattr(model, "deployment_attention", broken.deployment_attention)
+    path = export_onnx(model, tmp_path / "vanishing.onnx")
+    monkeypatch.undo()
+    plan = VerificationPlan(
+        cases=(BatchCase(1, 1), BatchCase(2, 40, mixed=True)), padding=(), scan=tuple(range(70, 80))
+    )
+    report = verify_export(path, model, plan=plan)
+    assert report.check("attention_normalised").passed and report.check("parity_attention").passed
+    scan = report.check("attention_scan")
+    assert scan.passed is False and "N=77: sum 0" in scan.detail and "N=76" not in scan.detail
+    assert not report.passed
+
+
+def test_default_plan_scans_every_small_size_and_reaches_5000():
+    scan = VerificationPlan.default().scan
+    assert set(range(1, 129)) <= set(scan) and max(scan) == 5000 and len(scan) > 140
+    assert VerificationPlan.quick().scan[:24] == tuple(range(1, 25))

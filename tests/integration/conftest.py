@@ -1,5 +1,6 @@
-"""Fixtures of the integration tests: real ABMIL and TransMIL exported by milsdk.export into a Triton repository
-(the Python-backend variant, which the pip-installed server can run), their eager references, real servers."""
+"""Fixtures of the integration tests: every registered model (in its declared test configuration, at D = 64)
+exported by milsdk.export into a Triton repository (the Python-backend variant, which the pip-installed server
+can run), their eager references, real servers. A new model is served and checked here without an edit."""
 
 from __future__ import annotations
 
@@ -10,25 +11,28 @@ import pytest
 import torch
 
 from milsdk.export import DeploymentModule, export_onnx, read_model_info, write_triton_model
-from milsdk.models import ABMIL, TransMIL
+from milsdk.models import get_model_class, list_models
 from milsdk.serving import TritonServer
 
 D = 64
-MODELS = {
-    "abmil": lambda: ABMIL(in_shape=(D,), att_dim=32),
-    "transmil": lambda: TransMIL(in_shape=(D,), att_dim=32, n_heads=2, n_landmarks=16, n_classes=3),
-}
+#: Triton model name -> registered model name. Each model is served with its largest declared class count.
+MODEL_NAMES = {name.lower(): name for name in list_models()}
+
+
+def build(name: str) -> torch.nn.Module:
+    cls = get_model_class(name)
+    return cls(in_shape=(D,), n_classes=max(cls.test_n_classes), **cls.test_config)
 
 
 @pytest.fixture(scope="session")
 def eager_models() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
-    return {name: make().eval() for name, make in MODELS.items()}
+    return {served: build(name).eval() for served, name in MODEL_NAMES.items()}
 
 
 @pytest.fixture(scope="session")
 def triton_repo(eager_models, tmp_path_factory):
-    """A model repository with abmil and transmil, Python backend (model.py running model.onnx)."""
+    """A model repository with every registered model, Python backend (model.py running model.onnx)."""
     root = tmp_path_factory.mktemp("triton")
     repo = root / "model_repository"
     for name, model in eager_models.items():
@@ -48,16 +52,32 @@ def eval_bags() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def eager_outputs(eager_models, eval_bags):
+def served_bags(eval_bags) -> list[dict[str, np.ndarray]]:
+    """The evaluation bags as the client takes them from feature files: features (N, D) and grid coords (N, 2)
+    (models that do not use positions ignore them)."""
+    rng = np.random.default_rng(7)
+    bags = []
+    for features in eval_bags:
+        n = len(features)
+        side = int(np.ceil(np.sqrt(n)))
+        cells = rng.permutation(side * side)[:n]
+        coords = np.stack([cells // side, cells % side], axis=1).astype(np.float32)
+        bags.append({"features": features, "coords": coords})
+    return bags
+
+
+@pytest.fixture(scope="session")
+def eager_outputs(eager_models, served_bags):
     """{model name: [(logits (C,), attention (N,)) of each bag run alone in eager PyTorch]}."""
     out = {}
     for name, model in eager_models.items():
         module = DeploymentModule(model)
         rows = []
         with torch.no_grad():
-            for bag in eval_bags:
-                x = torch.from_numpy(bag)[None]
-                logits, attention = module(x, torch.ones(x.shape[:2], dtype=torch.bool))
+            for bag in served_bags:
+                inputs = {key: torch.from_numpy(value)[None] for key, value in bag.items()}
+                inputs["mask"] = torch.ones(inputs["features"].shape[:2], dtype=torch.bool)
+                logits, attention = module(*[inputs[key] for key in module.input_names])
                 rows.append((logits[0].numpy(), attention[0].numpy()))
         out[name] = rows
     return out

@@ -207,6 +207,39 @@ class NystromAttention(torch.nn.Module):
         y = self.out_proj(out) * keep.unsqueeze(-1).to(x.dtype)
         return y, (kernel1, kernel2_pinv, kernel3)
 
+    def exact_attention_row(self, x: torch.Tensor, mask: torch.Tensor | None = None, row: int = 0) -> torch.Tensor:
+        r"""Exact softmax attention of one token's query over all real tokens, per head, in O(L) memory.
+
+        .. math:: a_{h,j} = \operatorname{softmax}_{j \in \text{real}}\big(q_{h,\text{row}} \cdot k_{h,j} /
+                  \sqrt{d}\big)
+
+        This is what the Nyström factors approximate for that row. Unlike the approximation (whose
+        pseudo-inverse need not converge for an ill-conditioned landmark kernel, so that a row can come out
+        all negative), it is a true distribution for any weights: the attention a model can export.
+
+        Args:
+            x: (B, L, in_dim) the tokens this layer attends over (after its input norm).
+            mask: (B, L) True / 1 = real token; None = all real.
+            row: index of the query token (e.g. 0, a class token).
+
+        Returns:
+            (B, h, L) float32 at least: non-negative, sums to 1 over the real tokens, 0 on padding; a bag
+            without real tokens gives 0.
+        """
+        keep = as_bool_mask(mask, x)
+        work_dtype = torch.promote_types(x.dtype, torch.float32)
+        query = x[:, row : row + 1]
+        if self.qkv is not None:
+            weight = self.qkv.weight
+            q = F.linear(query, weight[: self.att_dim])
+            k = F.linear(x, weight[self.att_dim : 2 * self.att_dim])
+        else:
+            q, k = query, x
+        q = self._split_heads(q, work_dtype) * self.scale  # (B, h, 1, d)
+        k = self._split_heads(k, work_dtype)  # (B, h, L, d)
+        scores = (q @ k.transpose(-1, -2)).squeeze(2)  # (B, h, L)
+        return _masked_softmax_last(scores, keep[:, None, :], keep.any(dim=1)[:, None, None])
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
