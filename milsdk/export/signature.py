@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Tuple
 
 import torch
 
@@ -130,12 +130,8 @@ class DeploymentModule(torch.nn.Module):
         return x.half() if self.half_precision else x.float()
 
     def _contract_outputs(
-        self, out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
+        self, logits: torch.Tensor, att: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # forward(..., return_att=True) returns (logits, attention); the refinement lets TorchScript accept
-        # the contract's declared return type "logits | (logits, attention)".
-        assert isinstance(out, tuple)
-        logits, att = out
         if self.binary:
             logits = logits.unsqueeze(-1)
         attention = self.model.deployment_attention(att, mask)
@@ -143,7 +139,12 @@ class DeploymentModule(torch.nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (B, N, D), mask (B, N)) -> (logits (B, C), attention (B, N))."""
-        return self._contract_outputs(self.model(self._compute(features), mask, return_att=True), mask)
+        out = self.model(self._compute(features), mask, return_att=True)
+        # forward(..., return_att=True) returns (logits, attention). A model's declared return type is a union
+        # ("logits | (logits, attention) | (logits, attention, embeddings)" for models with more flags): the
+        # refinement lets TorchScript pick the pair.
+        assert torch.jit.isinstance(out, Tuple[torch.Tensor, torch.Tensor])
+        return self._contract_outputs(out[0], out[1], mask)
 
 
 class _CoordsDeploymentModule(DeploymentModule):
@@ -157,9 +158,10 @@ class _CoordsDeploymentModule(DeploymentModule):
         self, features: torch.Tensor, mask: torch.Tensor, coords: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (B, N, D), mask (B, N), coords (B, N, 2)) -> (logits (B, C), attention (B, N))."""
-        return self._contract_outputs(
-            self.model(self._compute(features), mask, coords=self._compute(coords), return_att=True), mask
-        )
+        # coords stay float32: float16 integers are exact only up to 2048 (a slide grid can be larger)
+        out = self.model(self._compute(features), mask, coords=coords.float(), return_att=True)
+        assert torch.jit.isinstance(out, Tuple[torch.Tensor, torch.Tensor])
+        return self._contract_outputs(out[0], out[1], mask)
 
 
 def _json_safe(value: Any) -> Any:

@@ -7,7 +7,11 @@ from milsdk.nn.mlp import MLP
 from milsdk.nn.pooling import MaxPool, MeanPool
 from milsdk.nn.attention import NystromAttention
 from milsdk.nn.ppeg import PPEG
+from milsdk.nn.smooth_top1_svm import SmoothTop1SVM
 from milsdk.nn.transformers import NystromTransformerEncoder, NystromTransformerLayer
+from milsdk.nn.attention import MultiheadCrossAttention, MultiheadSelfAttention, memory_efficient_attention
+from milsdk.nn.transformers import TransformerEncoder, TransformerLayer
+from milsdk.nn.variational_autoencoder import VariationalAutoEncoder, VariationalAutoEncoderMIL
 
 __all__ = [
     "AttentionPool",
@@ -16,12 +20,32 @@ __all__ = [
     "MaskedSoftmax",
     "MaxPool",
     "MeanPool",
+    "MultiheadCrossAttention",
+    "MultiheadSelfAttention",
     "NystromAttention",
     "NystromTransformerEncoder",
     "NystromTransformerLayer",
     "PPEG",
+    "SmoothTop1SVM",
+    "TransformerEncoder",
+    "TransformerLayer",
+    "VariationalAutoEncoder",
+    "VariationalAutoEncoderMIL",
     "as_bool_mask",
     "get_feat_dim",
     "masked_softmax",
+    "memory_efficient_attention",
     "normalize_weights",
+]
+
+from milsdk.nn.attention import iRPEMultiheadSelfAttention  # noqa: E402
+from milsdk.nn.positional_encoding import SinusoidalPositionalEncodingND  # noqa: E402
+from milsdk.nn.transformers import T2TLayer, iRPETransformerEncoder, iRPETransformerLayer  # noqa: E402
+
+__all__ += [
+    "SinusoidalPositionalEncodingND",
+    "T2TLayer",
+    "iRPEMultiheadSelfAttention",
+    "iRPETransformerEncoder",
+    "iRPETransformerLayer",
 ]

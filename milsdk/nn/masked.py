@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["as_bool_mask", "masked_softmax", "normalize_weights", "MaskedSoftmax"]
+__all__ = ["as_bool_mask", "masked_max", "masked_softmax", "normalize_weights", "MaskedSoftmax"]
 
 # float32 limits are written as literals below (min -3.4028234663852886e38, tiny 1.1754943508222875e-38):
 # TorchScript has neither torch.finfo nor module-level constants. Work is done in float32 or wider, where they
@@ -59,6 +59,23 @@ def masked_softmax(X: torch.Tensor, mask: torch.Tensor | None = None, dim: int =
     weights = torch.exp(shifted) * m.to(work_dtype)
     denom = weights.sum(dim=dim, keepdim=True).clamp_min(1.1754943508222875e-38)
     return (weights / denom).to(X.dtype)
+
+
+def masked_max(X: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Max over the real positions of axis 1; a row with no real position gives 0 (never -inf).
+
+    Args:
+        X: (B, N, ...) values.
+        mask: (B, N) mask (bool or 0/1); None = all real.
+
+    Returns:
+        (B, ...) maxima.
+    """
+    m = as_bool_mask(mask, X)
+    while m.dim() < X.dim():
+        m = m.unsqueeze(-1)
+    top = X.masked_fill(~m, float("-inf")).amax(dim=1)
+    return torch.where(m.any(dim=1), top, torch.zeros_like(top))
 
 
 def normalize_weights(W: torch.Tensor, mask: torch.Tensor | None = None, dim: int = 1) -> torch.Tensor:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["MLP", "make_activation"]
+__all__ = ["MLP", "get_activation", "make_activation"]
 
 _ACTIVATIONS = {
     "relu": torch.nn.ReLU,
@@ -25,6 +25,17 @@ def make_activation(name: str | None) -> torch.nn.Module:
     if key not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[key]()
+
+
+def get_activation(name: str | None) -> torch.nn.Module | None:
+    """Activation module from its name, the reference's helper: None for 'none' / None (no activation layer).
+
+    Unlike the reference, which matches substrings and returns None for any unknown name, an unknown name
+    raises (see :func:`make_activation` for the names).
+    """
+    if name is None or str(name).lower() == "none":
+        return None
+    return make_activation(name)
 
 
 class MLP(torch.nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from milsdk.nn.masked import as_bool_mask
+from milsdk.nn.masked import as_bool_mask, masked_max
 
 __all__ = ["MeanPool", "MaxPool"]
 
@@ -23,7 +23,4 @@ class MaxPool(torch.nn.Module):
 
     def forward(self, X: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """X: (B, N, D), mask: (B, N) -> (B, D)."""
-        m = as_bool_mask(mask, X).unsqueeze(-1)
-        filled = X.masked_fill(~m, torch.finfo(X.dtype).min)
-        z = filled.amax(dim=1)
-        return torch.where(m.any(dim=1), z, torch.zeros_like(z))
+        return masked_max(X, mask)

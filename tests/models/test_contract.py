@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from milsdk.contract import COORDS, FEATURES
+from milsdk.export.artifact import read_model_info
 from milsdk.export.onnx import export_onnx
 from milsdk.export.signature import DeploymentModule
 from milsdk.export.torchscript import export_torchscript
@@ -244,6 +245,8 @@ def test_export_passes_verification_at_sizes_unlike_the_example(name, n_classes,
     assert report.passed, report.summary()
     assert report.parity_error is not None and report.parity_error <= 1e-4
     assert report.check("attention_scan").passed
+    if fmt == "torchscript":  # scripted, so that shape arithmetic stays symbolic (tracing is only a fallback)
+        assert read_model_info(paths[fmt]).extra["export"]["method"] == "script"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -11,3 +11,13 @@ from milsdk.nn.attention.nystrom_attention import (  # noqa: E402
 )
 
 __all__ += ["NystromAttention", "moore_penrose_iter_pinv", "nystrom_attention_rows"]
+
+from milsdk.nn.attention.memory_efficient_attention import memory_efficient_attention
+from milsdk.nn.attention.multihead_cross_attention import MultiheadCrossAttention
+from milsdk.nn.attention.multihead_self_attention import MultiheadSelfAttention
+
+__all__ += ["MultiheadCrossAttention", "MultiheadSelfAttention", "memory_efficient_attention"]
+
+from milsdk.nn.attention.irpe_multihead_self_attention import iRPEMultiheadSelfAttention  # noqa: E402
+
+__all__ += ["iRPEMultiheadSelfAttention"]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 
 from milsdk.nn.attention.nystrom_attention import NystromAttention
+from milsdk.nn.transformers.layer import default_mlp, linear_or_identity
 
 __all__ = ["NystromTransformerLayer", "NystromTransformerEncoder", "nystrom_layers"]
 
-
-def _linear_or_identity(in_dim: int, out_dim: int) -> torch.nn.Module:
-    return torch.nn.Linear(in_dim, out_dim) if in_dim != out_dim else torch.nn.Identity()
 
 
 class NystromTransformerLayer(torch.nn.Module):
@@ -52,7 +50,7 @@ class NystromTransformerLayer(torch.nn.Module):
         super().__init__()
         out_dim = in_dim if out_dim is None else out_dim
         self.in_dim, self.out_dim, self.att_dim, self.use_mlp = in_dim, out_dim, att_dim, use_mlp
-        self.in_proj = _linear_or_identity(in_dim, att_dim)
+        self.in_proj = linear_or_identity(in_dim, att_dim)
         self.norm1 = torch.nn.LayerNorm(att_dim)
         self.att = NystromAttention(
             att_dim,
@@ -66,17 +64,11 @@ class NystromTransformerLayer(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout)
         if use_mlp:
             self.norm2: torch.nn.Module | None = torch.nn.LayerNorm(att_dim)
-            self.mlp: torch.nn.Module | None = torch.nn.Sequential(
-                torch.nn.Linear(att_dim, 4 * att_dim),
-                torch.nn.GELU(),
-                torch.nn.Dropout(dropout),
-                torch.nn.Linear(4 * att_dim, att_dim),
-                torch.nn.Dropout(dropout),
-            )
+            self.mlp: torch.nn.Module | None = default_mlp(att_dim, dropout)
         else:
             self.norm2 = None
             self.mlp = None
-        self.out_proj = _linear_or_identity(att_dim, out_dim)
+        self.out_proj = linear_or_identity(att_dim, out_dim)
 
     def forward_att(
         self, X: torch.Tensor, mask: torch.Tensor | None = None
@@ -148,10 +140,10 @@ class NystromTransformerEncoder(torch.nn.Module):
             raise ValueError(f"NystromTransformerEncoder: n_layers must be >= 1, got {n_layers}")
         out_dim = in_dim if out_dim is None else out_dim
         self.in_dim, self.out_dim, self.att_dim, self.add_self = in_dim, out_dim, att_dim, add_self
-        self.in_proj = _linear_or_identity(in_dim, att_dim)
+        self.in_proj = linear_or_identity(in_dim, att_dim)
         self.layers = nystrom_layers(n_layers, att_dim, n_heads, n_landmarks, pinv_iterations, dropout, use_mlp)
         self.norm = torch.nn.LayerNorm(att_dim)
-        self.out_proj = _linear_or_identity(att_dim, out_dim)
+        self.out_proj = linear_or_identity(att_dim, out_dim)
 
     def _encode(
         self, X: torch.Tensor, mask: torch.Tensor | None, keep_att: bool

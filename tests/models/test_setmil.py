@@ -1,0 +1,118 @@
+"""What is special to SETMIL: coords are required, outputs are translation-invariant, PMF keeps one token per
+instance (its attention is a distribution), the neighbourhood lookup equals a dense unfold, PMF exports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from milsdk.export.onnx import export_onnx
+from milsdk.export.torchscript import export_torchscript
+from milsdk.export.verify import VerificationPlan, verify_export
+from milsdk.models import SETMIL, create_model
+from milsdk.models.setmil import PMF, neighbourhoods
+
+PMF_CONFIG = {
+    "att_dim": 16,
+    "set_n_heads": 2,
+    "use_pmf": True,
+    "pmf_n_heads": 2,
+    "pmf_kernel_list": [[3, 3], [5, 5]],
+    "pmf_stride_list": [[1, 1], [1, 1]],
+    "pmf_padding_list": [[1, 1], [2, 2]],
+    "pmf_dilation_list": [[1, 1], [1, 1]],
+}
+
+
+def _model(n_classes: int = 1, **config) -> SETMIL:
+    torch.manual_seed(0)
+    model = SETMIL((8,), **{**SETMIL.test_config, **config}, n_classes=n_classes)
+    with torch.no_grad():  # the iRPE tables start at zero: make them matter
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def _bag(n: int = 12, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n, 8, generator=gen), torch.rand(1, n, 2, generator=gen) * 20
+
+
+def test_coords_are_required():
+    X, _ = _bag()
+    with pytest.raises(ValueError, match="coords"):
+        _model()(X)
+    with pytest.raises(ValueError, match="coords"):
+        _model()(X, coords=torch.zeros(1, 12, 3))
+
+
+@pytest.mark.parametrize("config", [{}, PMF_CONFIG], ids=["plain", "pmf"])
+def test_translating_the_coords_changes_nothing(config):
+    model = _model(3, **config)
+    X, coords = _bag()
+    logits, att = model(X, coords=coords, return_att=True)
+    moved_logits, moved_att = model(X, coords=coords + torch.tensor([37.0, -11.0]), return_att=True)
+    torch.testing.assert_close(moved_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moved_att, att, atol=1e-6, rtol=1e-5)
+    # the positions matter: a different layout changes the output
+    assert not torch.allclose(model(X, coords=coords.flip(-1)), logits, atol=1e-4)
+
+
+def test_pmf_attention_is_a_distribution_over_the_instances():
+    model = _model(**PMF_CONFIG)
+    X, coords = _bag(10)
+    X = torch.cat([X, torch.zeros(1, 4, 8)], dim=1)
+    coords = torch.cat([coords, torch.zeros(1, 4, 2)], dim=1)
+    mask = torch.tensor([[1] * 10 + [0] * 4], dtype=torch.uint8)
+    _, att = model(X, mask, coords, return_att=True)
+    assert (att[:, :10] > 0).all() and (att[:, 10:] == 0).all()
+    weights = model.deployment_attention(att, mask)
+    torch.testing.assert_close(weights.sum(1), torch.ones(1))
+
+
+def test_neighbourhoods_equal_a_dense_unfold_with_cell_means():
+    torch.manual_seed(3)
+    B, N, E = 2, 15, 3
+    X = torch.randn(B, N, E)
+    cells = torch.randint(0, 6, (B, N, 2))
+    keep = torch.ones(B, N, dtype=torch.bool)
+    keep[1, 11:] = False
+    got = neighbourhoods(X, keep, cells, [(3, 3), (5, 3)], [(1, 1), (1, 2)], 2, 2)
+    for (kh, kw), (dh, dw), out in zip([(3, 3), (5, 3)], [(1, 1), (1, 2)], got):
+        for b in range(B):
+            grid = torch.zeros(E, 6, 6)
+            count = torch.zeros(6, 6)
+            for i in range(N):
+                if keep[b, i]:
+                    r, c = cells[b, i].tolist()
+                    grid[:, r, c] += X[b, i]
+                    count[r, c] += 1
+            grid = grid / count.clamp_min(1)
+            pad = ((kh - 1) // 2 * dh, (kw - 1) // 2 * dw)
+            dense = torch.nn.functional.unfold(grid[None], (kh, kw), dilation=(dh, dw), padding=pad)[0]
+            for i in range(N):
+                if keep[b, i]:
+                    r, c = cells[b, i].tolist()
+                    torch.testing.assert_close(out[b, i], dense[:, r * 6 + c])
+
+
+def test_pmf_refuses_branches_that_do_not_keep_the_grid():
+    with pytest.raises(ValueError, match="keep the grid"):
+        PMF(8, att_dim=8, kernel_list=[(3, 3)], stride_list=[(2, 2)], padding_list=[(1, 1)], dilation_list=[(1, 1)])
+    with pytest.raises(ValueError, match="one entry per branch"):
+        PMF(8, att_dim=8, kernel_list=[(3, 3)], stride_list=[], padding_list=[(1, 1)], dilation_list=[(1, 1)])
+
+
+def test_registry_and_json_config():
+    model = create_model("SETMIL", in_shape=(8,), **PMF_CONFIG)
+    assert isinstance(model, SETMIL) and model.extra_inputs == ("coords",)
+    assert model.config["pmf_kernel_list"] == [[3, 3], [5, 5]]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_pmf_export_passes_verification(fmt, tmp_path):
+    model = _model(3, **PMF_CONFIG)
+    path = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    (export_onnx if fmt == "onnx" else export_torchscript)(model, path)
+    report = verify_export(path, model, plan=VerificationPlan.quick())
+    assert report.passed, report.summary()
