@@ -1,6 +1,9 @@
 """The deployment contract shared by the exporter (writes it) and the serving client (reads it). No torch here.
 
-Every exported model, ONNX and TorchScript alike, has one signature (DESIGN.md, "Deployment contract"):
+Every exported model, ONNX and TorchScript alike, has one signature (DESIGN.md, "Deployment contract"). It is
+one table, :data:`INPUT_KINDS` (and :data:`OUTPUT_KINDS`): everything that needs the inputs — export specs and
+dynamic shapes, example and verification batches, Triton config dims, the client's padding — reads it, so a new
+input kind is one row (plus one route in the export wrapper):
 
 ========================  =========  ==========  =====================================================
 name                      dtype      shape       meaning
@@ -27,6 +30,13 @@ from typing import Any
 from milsdk.errors import ArtifactError
 
 __all__ = [
+    "AXIS_NAMES",
+    "INPUT_KINDS",
+    "OUTPUT_KINDS",
+    "InputKind",
+    "OutputKind",
+    "input_kind",
+    "input_names",
     "FEATURES",
     "MASK",
     "COORDS",
@@ -36,20 +46,130 @@ __all__ = [
     "ATTENTION",
     "INPUT_DTYPES",
     "OUTPUT_DTYPES",
-    "EXTRA_INPUTS_BY_KIND",
     "METADATA_KEY",
     "ModelInfo",
+    "input_shape_error",
 ]
 
 FEATURES, MASK, COORDS, EDGE_INDEX, EDGE_WEIGHT = "features", "mask", "coords", "edge_index", "edge_weight"
 LOGITS, ATTENTION = "logits", "attention"
 
-#: numpy dtype names of each input and output.
-INPUT_DTYPES = {FEATURES: "float32", MASK: "bool", COORDS: "float32", EDGE_INDEX: "int64", EDGE_WEIGHT: "float32"}
-OUTPUT_DTYPES = {LOGITS: "float32", ATTENTION: "float32"}
+#: symbolic axes of the contract and their names in an exported graph (ONNX dim_param, Triton -1).
+AXIS_NAMES = {"B": "batch", "N": "n_instances", "E": "n_edges"}
 
-#: deployment inputs a model needs, by what its forward takes besides X and mask.
-EXTRA_INPUTS_BY_KIND = {"coords": (COORDS,), "adj": (EDGE_INDEX, EDGE_WEIGHT)}
+
+@dataclass(frozen=True)
+class InputKind:
+    """One deployment input.
+
+    Attributes:
+        name: the input's name in every artifact and request.
+        dtype: numpy dtype name.
+        shape: one entry per axis: a symbolic axis of :data:`AXIS_NAMES` ("B", "N", "E"), "D" (the model's
+            feature size) or a fixed int.
+        pad_value: what padded positions hold.
+        feeds: the model ``forward`` argument it feeds.
+        needed_by: the ``MILModel.extra_inputs`` entry that makes a model take it; None = every model.
+        derived: built by the client from the bag sizes (the mask), not read from the bag.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+    pad_value: float | int | bool
+    feeds: str
+    needed_by: str | None = None
+    derived: bool = False
+
+    def dims(self, feature_dim: int) -> tuple[str | int, ...]:
+        """The shape with "D" resolved and symbolic axes named as in an exported graph."""
+        return tuple(feature_dim if d == "D" else AXIS_NAMES.get(d, d) if isinstance(d, str) else d for d in self.shape)
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """One deployment output: name, numpy dtype, shape ("C" = the model's logits per bag)."""
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+
+    def dims(self, n_classes: int) -> tuple[str | int, ...]:
+        """The shape with "C" resolved and symbolic axes named as in an exported graph."""
+        return tuple(n_classes if d == "C" else AXIS_NAMES.get(d, d) if isinstance(d, str) else d for d in self.shape)
+
+
+#: the deployment inputs, in the order an artifact takes them.
+INPUT_KINDS: tuple[InputKind, ...] = (
+    InputKind(FEATURES, "float32", ("B", "N", "D"), 0.0, "X"),
+    InputKind(MASK, "bool", ("B", "N"), False, "mask", derived=True),
+    InputKind(COORDS, "float32", ("B", "N", 2), 0.0, "coords", needed_by="coords"),
+    # padded edges are 0 -> 0 of weight 0: an edge of weight 0 is no edge
+    InputKind(EDGE_INDEX, "int64", ("B", 2, "E"), 0, "edge_index", needed_by="adj"),
+    InputKind(EDGE_WEIGHT, "float32", ("B", "E"), 0.0, "edge_weight", needed_by="adj"),
+)
+#: the deployment outputs.
+OUTPUT_KINDS: tuple[OutputKind, ...] = (
+    OutputKind(LOGITS, "float32", ("B", "C")),
+    OutputKind(ATTENTION, "float32", ("B", "N")),
+)
+_BY_NAME = {kind.name: kind for kind in INPUT_KINDS}
+
+#: numpy dtype names of each input and output.
+INPUT_DTYPES = {kind.name: kind.dtype for kind in INPUT_KINDS}
+OUTPUT_DTYPES = {kind.name: kind.dtype for kind in OUTPUT_KINDS}
+
+
+def input_kind(name: str) -> InputKind:
+    """The row of input ``name``; ValueError for a name the contract does not have."""
+    if name not in _BY_NAME:
+        raise ValueError(f"{name!r} is not a deployment input; inputs are {', '.join(_BY_NAME)}")
+    return _BY_NAME[name]
+
+
+def input_names(extra_inputs: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The inputs of a model whose forward takes ``extra_inputs`` (e.g. ("coords",), ("adj",)) besides X and
+    mask, in the table's order."""
+    unknown = [e for e in extra_inputs if e not in {k.needed_by for k in INPUT_KINDS}]
+    if unknown:
+        raise ValueError(f"extra inputs {unknown} have no deployment input; known: coords, adj")
+    return [k.name for k in INPUT_KINDS if k.needed_by is None or k.needed_by in extra_inputs]
+
+
+def input_shape_error(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """What is inconsistent in one request's input shapes, by the table's shapes, or None when they agree.
+
+    Inputs must agree on every symbolic axis they share (B, N, E) and match the fixed sizes; D is checked
+    against the model's metadata elsewhere. Names the table does not have are ignored.
+
+    Args:
+        shapes: {input name: shape}, e.g. {"features": (2, 7, 64), "mask": (2, 6)}.
+
+    Returns:
+        One line naming the inputs and their shapes, e.g. "features has shape (2, 7, 64) and mask (2, 6): they
+        disagree on N, the number of instances (7 vs 6)".
+    """
+    meaning = {"B": "the batch size", "N": "the number of instances", "E": "the number of edges"}
+    seen: dict[str, tuple[str, int]] = {}
+    for name, raw in shapes.items():
+        if name not in _BY_NAME:
+            continue
+        axes, shape = _BY_NAME[name].shape, tuple(int(d) for d in raw)
+        if len(shape) != len(axes):
+            return f"{name} has shape {shape}, expected {len(axes)} axes ({', '.join(map(str, axes))})"
+        for axis, size in zip(axes, shape):
+            if isinstance(axis, int) and size != axis:
+                return f"{name} has shape {shape}, expected ({', '.join(map(str, axes))})"
+            if axis in meaning:
+                if axis in seen and seen[axis][1] != size:
+                    other = seen[axis][0]
+                    return (
+                        f"{other} has shape {tuple(int(d) for d in shapes[other])} and {name} {shape}: they "
+                        f"disagree on {axis}, {meaning[axis]} ({seen[axis][1]} vs {size})"
+                    )
+                seen.setdefault(axis, (name, size))
+    return None
+
 
 #: the single metadata key holding the JSON-encoded ModelInfo (ONNX metadata_props key, TorchScript extra file).
 METADATA_KEY = "milsdk.json"

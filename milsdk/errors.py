@@ -47,9 +47,27 @@ class ServingError(MILSDKError, RuntimeError):
     """A backend failed to run a batch."""
 
 
+class ServerURLError(MILSDKError, ValueError):
+    """A server URL or protocol the client cannot use (unknown scheme, scheme contradicting the protocol)."""
+
+
 class ServerUnavailableError(ServingError, ConnectionError):
     """A server could not be reached (down, wrong URL, not ready)."""
 
 
 class ServerStartError(ServingError):
     """A Triton server could not be started (no binary, port taken, model failed to load)."""
+
+
+class TrainingInterrupted(MILSDKError):
+    """Training was interrupted (Ctrl-C / SIGINT); ``checkpoint`` is the best model saved so far, or None.
+
+    The command line exits with ``exit_code`` (130, the shell's code for a SIGINT), not 1: an interrupt is the
+    user's choice, not a failure.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str, checkpoint: object | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint

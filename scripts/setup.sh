@@ -35,4 +35,11 @@ fi
 # layout: it gets a small environment of its own (numpy<2 + onnxruntime), reused by `milsdk serve` and the tests.
 echo "[setup] preparing the server-side Python environment for Triton's Python backend"
 python -c "from milsdk.serving import ensure_server_env; print(ensure_server_env())"
+# The exporter promises ONNX files that an older onnxruntime loads (lowest IR version for the opset); the tests
+# check it in a numpy-1 environment with that runtime, made here once (same mechanism) and reused.
+echo "[setup] preparing the environment with the oldest onnxruntime the exports are checked against"
+python -c "
+from milsdk.export.onnx import OLDEST_ONNXRUNTIME as v
+from milsdk.serving.server_env import cache_env_path, ensure_server_env
+print(ensure_server_env(cache_env_path(f'onnxruntime-{v}-env'), packages=('numpy<2', f'onnxruntime=={v}')))"
 echo "[setup] done: $(python -c 'import milsdk, torch; print("milsdk", milsdk.__version__, "torch", torch.__version__)')"

@@ -31,7 +31,8 @@ _EXTRA_OF_MODULE = {
 
 
 class _LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use; errors become one line and exit code 1."""
+    """A click group whose subcommands are imported on first use; errors become one line and exit code 1
+    (130 after Ctrl-C)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         available = [n for n, t in _COMMANDS.items() if importlib.util.find_spec(t.split(":")[0]) is not None]
@@ -49,8 +50,13 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MILSDKError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+            code = getattr(exc, "exit_code", 1)
+            click.echo(f"{'Interrupted' if code == 130 else 'Error'}: {exc}", err=True)
+            ctx.exit(code)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; 130 is what shells and schedulers expect after a SIGINT
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
         except ModuleNotFoundError as exc:
             # the light client installs no torch: name what is missing and the extra that brings it
             extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])

@@ -15,7 +15,9 @@ import numpy as np
 
 from milsdk.errors import BagError
 
-_URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
+#: CSV columns before and after the probability columns (one per class, see --out's help).
+_LEADING_COLUMNS = ("bag", "file", "n_instances")
+_TRAILING_COLUMNS = ("label", "error")
 
 
 @click.command("predict")
@@ -28,11 +30,14 @@ _URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preds.csv"), show_default=True,
-    help="CSV with one row per bag: bag, file, n_instances, probabilities, label, error.",
+    help="CSV with one row per bag and the columns bag, file, n_instances, then probability (binary model: of "
+    "the positive class) or prob_<class> per class (multi-class), then label, error. n_instances is empty for a "
+    "file that could not be read.",
 )
 @click.option(
     "--attention-dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Write each bag's attention as DIR/<bag>.npy, float32 (N,), in the order of the file's instances.",
+    help="Write each bag's attention as DIR/<bag>.npy, float32 (N,), in the order of the file's instances "
+    "(<bag>: see 'Bag names' below).",
 )
 @click.option(
     "--heatmaps", type=click.Path(file_okay=False, path_type=Path),
@@ -67,6 +72,11 @@ def predict(
     folders of them. A file that cannot be read, or a bag the model cannot take, is reported on stderr and gets a
     CSV row with its error; the other bags finish.
 
+    Bag names (the CSV's bag column, the attention and heatmap file names) are unique: a bag is named by its
+    file stem (slides/a.h5 -> a); two files with the same stem are named by their file names (a.h5, a.npy); the
+    same file name in two folders by the path below their common folder (site1__a.h5, site2__a.h5). A file
+    given more than once (directly or through its folder) is predicted once, with a note on stderr.
+
     Exit code: 0 when every bag was predicted, 1 when any file or bag failed (or the server stayed unavailable).
 
     \b
@@ -79,6 +89,7 @@ def predict(
     from tqdm import tqdm
 
     from milsdk.serving import BagPrediction, MILClient
+    from milsdk.serving.inputs import bag_names
 
     if heatmaps is not None:  # fail before any work when the PNG writer cannot run
         from milsdk.visualize import require_matplotlib
@@ -86,7 +97,15 @@ def predict(
         require_matplotlib()
 
     budget = {k: v for k, v in (("max_instances", max_instances), ("max_batch_size", max_batch_size)) if v}
-    if model_or_url.startswith(_URL_SCHEMES) or (model_name is not None and not Path(model_or_url).exists()):
+    if "://" in model_or_url:  # a URL of any scheme is checked as one, never looked up as a file
+        from milsdk.errors import ServerURLError
+        from milsdk.serving.backends.triton import parse_triton_url
+
+        try:
+            parse_triton_url(model_or_url, protocol)
+        except ServerURLError as exc:
+            raise click.BadParameter(str(exc), param_hint="MODEL_OR_URL") from None
+    if "://" in model_or_url or (model_name is not None and not Path(model_or_url).exists()):
         if not model_name:
             raise click.UsageError("--model-name is needed with a Triton URL")
         client = MILClient.from_triton(
@@ -97,6 +116,9 @@ def predict(
         client = MILClient.from_path(model_or_url, **budget)
 
     files, failures = _expand(inputs)
+    files = _once(files)
+    named = [*files, *(source for source, _ in failures)]
+    names = dict(zip(named, bag_names(named)))
     if attention_dir is not None:
         attention_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,17 +130,18 @@ def predict(
     bar = tqdm(total=len(files), unit="bag", desc=f"predict {info.model_name}", disable=not progress)
     with client, bar, open(out, "w", newline="") as handle:
         table = csv.writer(handle)
-        table.writerow(["bag", "file", "n_instances", *probability_columns, "label", "error"])
+        table.writerow([*_LEADING_COLUMNS, *probability_columns, *_TRAILING_COLUMNS])
 
-        def failed(name: str, source: Path, error: str, is_file: bool = True) -> None:
+        def failed(source: Path, error: str, n_instances: int | None = None, is_file: bool = True) -> None:
             nonlocal n_failed
             n_failed += 1
             bar.update(int(is_file))
             _write_line(f"{source}: {error}", err=True)
-            table.writerow([name, str(source), 0, *[""] * len(probability_columns), "", error])
+            size = "" if n_instances is None else n_instances  # unknown for a file that could not be read
+            table.writerow([names[source], str(source), size, *[""] * len(probability_columns), "", error])
 
-        for name, source, error in failures:  # paths that are not there at all come first
-            failed(name, source, error, is_file=False)
+        for source, error in failures:  # paths that are not there at all come first
+            failed(source, error, is_file=False)
 
         # Each prediction goes through these writers with the file it came from.
         def write_row(pred: BagPrediction, source: Path) -> None:
@@ -142,21 +165,22 @@ def predict(
             prediction_writers.append(lambda pred, _: _write_line(_summary(pred, top_k)))
 
         sources: list[Path] = []
+        sizes: list[int] = []  # each read bag's number of instances, by input index
         unreadable: list[tuple[int, Path, str]] = []  # (number of good bags read before it, file, error)
-        for pred in client.predict_iter(_read(files, sources, unreadable, coords)):
+        for pred in client.predict_iter(_read(files, names, sources, sizes, unreadable, coords)):
             while unreadable and unreadable[0][0] <= pred.index:  # keep the rows in input order
                 _, source, error = unreadable.pop(0)
-                failed(source.stem, source, error)
+                failed(source, error)
             source = sources[pred.index]
             if pred.error is not None:
-                failed(pred.name, source, pred.error)
+                failed(source, pred.error, sizes[pred.index])
                 continue
             n_ok += 1
             bar.update(1)
             for write in prediction_writers:
                 write(pred, source)
         for _, source, error in unreadable:
-            failed(source.stem, source, error)
+            failed(source, error)
 
     stats = client.last_run
     click.echo(
@@ -168,7 +192,7 @@ def predict(
         click.get_current_context().exit(1)
 
 
-def _expand(inputs: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str, Path, str]]]:
+def _expand(inputs: tuple[Path, ...]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Bag files of every input path; a path that does not exist or holds no bag file is a failure, not fatal."""
     from milsdk.serving.inputs import find_bag_files
 
@@ -177,15 +201,34 @@ def _expand(inputs: tuple[Path, ...]) -> tuple[list[Path], list[tuple[str, Path,
         try:
             files.extend(find_bag_files([path]))
         except BagError as exc:
-            failures.append((path.stem, path, str(exc).removeprefix(f"{path}: ")))
+            failures.append((path, str(exc).removeprefix(f"{path}: ")))
     return files, failures
 
 
+def _once(files: list[Path]) -> list[Path]:
+    """``files`` with each file kept at its first occurrence (compared as resolved paths); a note per repeat."""
+    seen: set[Path] = set()
+    kept = []
+    for path in files:
+        real = path.resolve()
+        if real in seen:
+            _write_line(f"{path}: given more than once; predicted once", err=True)
+            continue
+        seen.add(real)
+        kept.append(path)
+    return kept
+
+
 def _read(
-    files: list[Path], sources: list[Path], unreadable: list[tuple[int, Path, str]], coords: list
+    files: list[Path],
+    names: dict[Path, str],
+    sources: list[Path],
+    sizes: list[int],
+    unreadable: list[tuple[int, Path, str]],
+    coords: list,
 ) -> Iterator[dict]:
-    """Bags read lazily from ``files`` (their paths go to ``sources``, their coords to ``coords``); files that
-    cannot be read go to ``unreadable`` instead."""
+    """Bags read lazily from ``files`` and named by ``names`` (their paths go to ``sources``, their sizes to
+    ``sizes``, their coords to ``coords``); files that cannot be read go to ``unreadable`` instead."""
     from milsdk.serving.inputs import read_bag
 
     for path in files:
@@ -194,7 +237,9 @@ def _read(
         except BagError as exc:
             unreadable.append((len(sources), path, str(exc).removeprefix(f"{path}: ")))
             continue
+        bag["name"] = names[path]
         sources.append(path)
+        sizes.append(int(np.shape(bag["features"])[0]))
         coords.append(bag.get("coords"))
         yield bag
 

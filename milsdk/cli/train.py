@@ -55,7 +55,11 @@ def train(data_dir, demo, out, model_name, model_args, features, labels, coords,
     """Train a MIL model and save the best epoch as a checkpoint.
 
     DATA_DIR holds one folder per key with one file per bag (features/<bag>.npy, labels/<bag>.npy and
-    optionally coords/<bag>.npy), the layout of milsdk.datasets.ProcessedMILDataset.
+    optionally coords/<bag>.npy), the layout of milsdk.datasets.ProcessedMILDataset. Every bag is read and
+    checked before the first epoch. Labels are class indices: {0, 1} trains a binary model, 0..C-1 a C-class
+    model (or give --set n_classes=C); --class-names needs one name per class (2 for binary).
+
+    Ctrl-C stops training, saves the best finished epoch to --out and exits with code 130.
 
     \b
     Examples:
@@ -70,9 +74,9 @@ def train(data_dir, demo, out, model_name, model_args, features, labels, coords,
 
         args = _without_nproc(sys.argv[sys.argv.index("train") + 1 :])
         raise SystemExit(launch(nproc, ["-m", "milsdk.cli", "train", *args]))
-    from milsdk.errors import DatasetError
+    from milsdk.errors import DatasetError, ModelConfigError
     from milsdk.models import get_model_class
-    from milsdk.utils.training_run import parse_model_args, train_model
+    from milsdk.utils.training_run import check_class_names, check_training_set, parse_model_args, train_model
 
     try:
         config = parse_model_args(model_args)
@@ -103,14 +107,24 @@ def train(data_dir, demo, out, model_name, model_args, features, labels, coords,
                                         coords_path=str(coords) if coords else None, bag_keys=keys,
                                         file_ext=ext, load_at_init=False, verbose=False)
         names = None
+    # every bag is read once before the first epoch: a bad bag fails now, not epochs in
+    found = check_training_set(train_set, config.get("n_classes"))
+    if test_set is not None:
+        check_training_set(test_set, found.n_classes, what="test set")
+    if found.n_classes > 1:
+        config["n_classes"] = found.n_classes
     if class_names:
         names = [n.strip() for n in class_names.split(",")]
+        try:
+            check_class_names(names, found.n_classes)
+        except ModelConfigError as exc:
+            raise click.BadParameter(f"{exc} ({found.describe()})", param_hint="--class-names") from None
     metadata = {"class_names": names or [], "feature_extractor": feature_extractor or ("digits-8x8" if demo else "")}
-    click.echo(f"training {cls.__name__} on {len(train_set)} bags for up to {epochs} epochs")
+    click.echo(f"training {cls.__name__} on {len(train_set)} bags, {found.describe()}, for up to {epochs} epochs")
     run = train_model(train_set, model_name=model_name, model_config=config, test_set=test_set,
                       val_fraction=val_fraction, epochs=epochs, lr=lr, batch_size=batch_size,
                       early_stop_patience=patience, device=device, seed=seed, checkpoint_path=out,
-                      checkpoint_metadata=metadata)
+                      checkpoint_metadata=metadata, check_data=False)
     if run.checkpoint is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     click.echo(f"best epoch {run.best_epoch} of {len(run.history)} ({run.seconds:.1f} s)")

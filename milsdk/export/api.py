@@ -15,7 +15,7 @@ from typing import Any
 from milsdk.contract import ModelInfo
 from milsdk.errors import ExportError, VerificationError
 from milsdk.export.artifact import read_model_info
-from milsdk.export.files import place_tree
+from milsdk.export.files import check_folder_target, place_tree
 from milsdk.export.onnx import export_onnx
 from milsdk.export.profiles import FORMATS, ExportProfile, load_profile
 from milsdk.export.signature import model_info
@@ -134,7 +134,9 @@ def export_checkpoint(
 
     Raises:
         CheckpointError: missing, corrupt or non-milsdk checkpoint (nothing is written).
-        ExportError: bad options or profile, a model that does not fit the signature, an exporter failure.
+        ExportError: bad options or profile, an output target that cannot be written (an existing file where a
+            folder must go; checked before any work), a model that does not fit the signature, an exporter
+            failure.
         VerificationError: an artifact failed verification (``report`` holds the reports; nothing is written).
     """
     from milsdk.utils.checkpoint import read_checkpoint
@@ -146,6 +148,13 @@ def export_checkpoint(
     if max_batch_size < 1 or int(version) < 1:
         raise ExportError(f"max batch size and version must be >= 1, got {max_batch_size} and {version}")
     name = check_model_name(name or default_name(ckpt_path))
+    # Both targets are checked before the minutes of export and verification, and before either is written:
+    # a target that cannot be written must cost nothing and leave the other untouched.
+    reports = ("verification.json", "verification.md")
+    check_folder_target(output_dir, "output folder", (*(ARTIFACT_NAMES[f] for f in chosen), *reports))
+    if triton_repo is not None:
+        check_folder_target(triton_repo, "Triton repository")
+        check_folder_target(Path(triton_repo) / name / str(int(version)), "Triton model folder")
 
     ckpt = read_checkpoint(ckpt_path)
     model = ckpt.build_model()

@@ -50,9 +50,9 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         ArtifactError: missing, unreadable or without milsdk metadata.
     """
     if artifact_format(path) == "onnx":
-        from milsdk.export.onnx import load_onnx, read_onnx_info
+        from milsdk.export.onnx_file import read_onnx_file
 
-        return read_onnx_info(load_onnx(path), source=str(path))
+        return read_onnx_file(path)[2]
     from milsdk.export.torchscript import read_torchscript_info
 
     return read_torchscript_info(path)
@@ -148,13 +148,10 @@ def describe_artifact(path: str | os.PathLike) -> ArtifactDescription:
     """
     path = Path(path)
     fmt = artifact_format(path)
-    if fmt == "onnx":
-        from milsdk.export.onnx import load_onnx, onnx_signature, read_onnx_info
+    if fmt == "onnx":  # no torch needed: a client-only install inspects ONNX files too
+        from milsdk.export.onnx_file import read_onnx_file
 
-        proto = load_onnx(path)
-        info = read_onnx_info(proto, source=str(path))
-        inputs, outputs = onnx_signature(proto)
-        opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        inputs, outputs, info, opset = read_onnx_file(path)
         return ArtifactDescription(path, fmt, path.stat().st_size, inputs, outputs, info, opset)
     info = read_model_info(path)
     features_dtype = str(info.extra.get("export", {}).get("features_dtype", "float32"))

@@ -8,7 +8,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "place_tree"]
+from milsdk.errors import ExportError
+
+__all__ = ["atomic_write", "check_folder_target", "place_tree"]
 
 
 def _umask() -> int:
@@ -44,6 +46,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def check_folder_target(dest: str | os.PathLike, what: str, names: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that ``dest`` can become (or already is) a folder that takes files ``names``.
+
+    An export runs for minutes before it places its files; a target that cannot hold them must fail first,
+    not after, and not after the other target was already written.
+
+    Args:
+        dest: the folder to be written (it may not exist yet).
+        what: how the error names it, e.g. "--output" or "--triton".
+        names: names of the files that will be placed inside ``dest``.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ExportError: ``dest`` or one of its parents is an existing file, a name inside ``dest`` is taken by a
+            folder, or the nearest existing folder is not writable.
+    """
+    dest = Path(dest)
+    for folder in (dest, *dest.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is an existing file" if folder == dest else f"is inside {folder}, an existing file"
+            raise ExportError(f"{what} {dest}: {where}, not a folder")
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ExportError(f"{what} {dest}: folder {folder} is not writable")
+            break
+    for name in names:
+        target = dest / name
+        if target.is_dir():
+            raise ExportError(f"{what} {dest}: {target} is a folder, where the file {name} must go")
+    return dest
 
 
 def place_tree(source: str | os.PathLike, dest: str | os.PathLike) -> Path:

@@ -1,9 +1,13 @@
 """ONNX export of a MIL model in the deployment signature (torch.onnx dynamo exporter, dynamic B and N).
 
 Default opset: 18. It is the lowest opset that keeps the exported graph in its natural form (ReduceMax /
-ReduceSum with axes as inputs, LayerNormalization since 17), and onnxruntime >= 1.14 runs it, which covers
-every Triton container with the onnxruntime backend from 23.04 on. Raise it (``--opset``) only when a newer
-runtime needs it.
+ReduceSum with axes as inputs, LayerNormalization since 17). The file gets the lowest IR version its opsets
+need (IR 8 for opset 18), not the IR version of the installed onnx package (10 for onnx >= 1.16, which
+onnxruntime < 1.18, and the Triton releases that ship it, refuse: "Unsupported model IR version: 10"). So
+onnxruntime >= 1.15 runs a default export: the tests load one in onnxruntime 1.15.0 (:data:`OLDEST_ONNXRUNTIME`,
+the oldest release with Python 3.11 wheels) and compare its outputs with the current runtime's. onnxruntime
+1.14 (Triton 23.04) also implements IR 8 / opset 18 but is not checked. Raise the opset (``--opset``) only when
+a newer runtime needs it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import onnx
 import torch
 
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
-from milsdk.errors import ArtifactError, ExportError
+from milsdk.errors import ExportError
 from milsdk.export.files import atomic_write
+from milsdk.export.onnx_file import load_onnx, onnx_signature, read_onnx_info
 from milsdk.export.quiet import first_line, quiet_exporter
 from milsdk.export.signature import (
     DeploymentModule,
@@ -29,48 +34,18 @@ from milsdk.export.spec import TensorSpec, signature_specs
 
 __all__ = [
     "DEFAULT_OPSET",
+    "OLDEST_ONNXRUNTIME",
     "check_onnx_signature",
     "export_onnx",
     "load_onnx",
+    "lowest_ir_version",
     "onnx_signature",
     "read_onnx_info",
 ]
 
 DEFAULT_OPSET = 18
-
-
-# -- reading -------------------------------------------------------------------------------------------------
-def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
-    tensor_type = value.type.tensor_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "?"
-    dims: list[int | str] = []
-    for d in tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or "?")
-    return TensorSpec(value.name, dtype, tuple(dims))
-
-
-def onnx_signature(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of an ONNX graph as TensorSpecs (symbolic axes by dim_param, "?" if unnamed)."""
-    initializers = {init.name for init in proto.graph.initializer}
-    inputs = [_value_spec(v) for v in proto.graph.input if v.name not in initializers]
-    return inputs, [_value_spec(v) for v in proto.graph.output]
-
-
-def read_onnx_info(proto: onnx.ModelProto, source: str = "model.onnx") -> ModelInfo:
-    """The milsdk metadata stored in ``metadata_props``.
-
-    Raises:
-        ArtifactError: the file has no milsdk metadata, or it is invalid.
-    """
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise ArtifactError(
-            f"{source}: no milsdk metadata (metadata_props has no {METADATA_KEY!r}); not a milsdk export"
-        )
-    return ModelInfo.from_json(props[METADATA_KEY], source=source)
+#: the oldest onnxruntime the tests run a default export with (the oldest with Python 3.11 wheels on PyPI).
+OLDEST_ONNXRUNTIME = "1.15.0"
 
 
 def check_onnx_signature(
@@ -128,6 +103,13 @@ def _name_dims(proto: onnx.ModelProto, expected: tuple[list[TensorSpec], list[Te
                 d.dim_param = rename[d.dim_param]
 
 
+def lowest_ir_version(proto: onnx.ModelProto) -> int:
+    """The lowest ONNX IR version that holds ``proto``: what its opsets need (IR 8 for opset 18), and at least
+    8 when it has model-local functions (introduced in IR 8)."""
+    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    return max(int(needed), 8 if len(proto.functions) else 3)
+
+
 # -- export --------------------------------------------------------------------------------------------------
 def export_onnx(
     model: torch.nn.Module,
@@ -144,7 +126,8 @@ def export_onnx(
 
     torch.onnx.export(dynamo=True) with named ``torch.export.Dim``s for the batch and bag axes; afterwards the
     graph's input and output axes are checked to be symbolic, the ModelInfo JSON is stored in
-    ``metadata_props`` under :data:`~milsdk.contract.METADATA_KEY`, and ``onnx.checker`` validates the model.
+    ``metadata_props`` under :data:`~milsdk.contract.METADATA_KEY`, the IR version is lowered to what the
+    opset needs (:func:`lowest_ir_version`), and ``onnx.checker`` validates the model.
 
     Args:
         model: a MILModel with in_shape (D,).
@@ -203,6 +186,8 @@ def export_onnx(
     proto.doc_string = (
         f"milsdk {info.milsdk_version} export of {info.model_name} (D={info.feature_dim}, C={info.n_classes})"
     )
+    # the exporter stamps the IR version of the onnx package it runs with; older runtimes refuse a newer one
+    proto.ir_version = lowest_ir_version(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -214,18 +199,3 @@ def export_onnx(
     except ValueError as exc:  # protobuf's 2 GB limit
         raise ExportError(f"{path}: cannot save the ONNX model: {first_line(exc)}") from exc
     return path
-
-
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file (weights included).
-
-    Raises:
-        ArtifactError: missing or not an ONNX model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
-    try:
-        return onnx.load_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - onnx raises anything on a foreign file
-        raise ArtifactError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None

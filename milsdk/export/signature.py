@@ -3,8 +3,13 @@ and outputs, and the metadata (:class:`~milsdk.contract.ModelInfo`) that travels
 
 Contract (DESIGN.md, "Deployment contract")::
 
-    forward(features (B, N, D) float32, mask (B, N) bool[, coords (B, N, 2) float32])
+    forward(features (B, N, D) float32, mask (B, N) bool
+            [, coords (B, N, 2) float32 | , edge_index (B, 2, E) int64, edge_weight (B, E) float32])
         -> logits (B, C) float32 (C = 1 for binary), attention (B, N) float32
+
+The inputs a model takes come from the contract's table (:func:`milsdk.contract.input_names` of its
+``extra_inputs``); each set of inputs has one wrapper variant here (TorchScript and Triton's PyTorch backend bind
+inputs by the forward's argument names and count).
 
 ``attention`` sums to 1 over the real instances and is 0 on padding (``model.deployment_attention``).
 """
@@ -19,9 +24,11 @@ from typing import Any, Tuple
 import torch
 
 from milsdk._version import __version__
-from milsdk.contract import COORDS, EXTRA_INPUTS_BY_KIND, FEATURES, MASK, ModelInfo
+import numpy as np
+
+from milsdk.contract import AXIS_NAMES, FEATURES, ModelInfo, input_kind, input_names
 from milsdk.errors import ExportError
-from milsdk.export.spec import BATCH_DIM, INSTANCE_DIM
+from milsdk.export.bags import random_batch
 
 __all__ = [
     "PRECISIONS",
@@ -36,8 +43,6 @@ __all__ = [
 #: compute precisions an export can use. Inputs other than features and all outputs stay float32.
 PRECISIONS = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-#: extra-input kinds (``MILModel.extra_inputs``) the wrapper can route today.
-_SUPPORTED_EXTRA = ("coords",)
 
 
 def _model_name(model: torch.nn.Module) -> str:
@@ -67,11 +72,10 @@ def check_exportable(model: torch.nn.Module) -> int:
         raise ExportError(
             f"{name}: in_shape {tuple(in_shape)} is not (D,); the deployment signature takes (B, N, D)"
         )
-    unsupported = [k for k in model.extra_inputs if k not in _SUPPORTED_EXTRA]
-    if unsupported:
+    if tuple(model.extra_inputs) not in _ROUTES:
         raise ExportError(
-            f"{name}: extra input(s) {unsupported} are not in the deployment signature yet "
-            "(graph models need the edge-list inputs edge_index / edge_weight)"
+            f"{name}: extra inputs {tuple(model.extra_inputs)} have no deployment signature; the signatures "
+            f"take {', '.join(repr(k) for k in _ROUTES)} besides features and mask"
         )
     return int(in_shape[0])
 
@@ -80,8 +84,9 @@ class DeploymentModule(torch.nn.Module):
     """Wrap a MIL model in the deployment signature (scriptable, exportable with dynamic B and N).
 
     ``DeploymentModule(model)`` returns the variant whose ``forward`` takes exactly the inputs the model needs
-    (``features, mask`` or ``features, mask, coords``), because TorchScript and Triton's PyTorch backend bind
-    inputs by the forward's argument names and count.
+    (``features, mask``; ``features, mask, coords``; or ``features, mask, edge_index, edge_weight`` for graph
+    models), because TorchScript and Triton's PyTorch backend bind inputs by the forward's argument names and
+    count.
 
     Args:
         model: a MILModel with ``in_shape=(D,)`` (eval mode is set).
@@ -90,7 +95,9 @@ class DeploymentModule(torch.nn.Module):
 
     Shapes:
         features: (B, N, D) float32 (or float16), zero-padded; mask: (B, N) bool, True = real instance;
-        coords: (B, N, 2) float32 (only for models with ``extra_inputs = ("coords",)``).
+        coords: (B, N, 2) float32 (only for models with ``extra_inputs = ("coords",)``);
+        edge_index: (B, 2, E) int64, edge_weight: (B, E) float32 (graph models, ``extra_inputs = ("adj",)``):
+        each bag's adjacency as COO entries (row, column) with local indices, padded with edges of weight 0.
         Returns logits (B, C) float32 (C = 1 for binary) and attention (B, N) float32, summing to 1 over the
         real instances, 0 on padding.
     """
@@ -103,7 +110,7 @@ class DeploymentModule(torch.nn.Module):
         cls, model: torch.nn.Module | None = None, *args: Any, **kwargs: Any
     ) -> DeploymentModule:
         # model is None when copy / pickle recreate an instance; its class is then already the right variant
-        variant = _CoordsDeploymentModule if "coords" in getattr(model, "extra_inputs", ()) else cls
+        variant = _ROUTES.get(tuple(getattr(model, "extra_inputs", ())), cls)
         return super().__new__(variant if cls is DeploymentModule else cls)
 
     def __init__(self, model: torch.nn.Module, precision: str = "float32") -> None:
@@ -123,8 +130,8 @@ class DeploymentModule(torch.nn.Module):
 
     @property
     def input_names(self) -> list[str]:
-        """Contract input names in forward's order."""
-        return [FEATURES, MASK]
+        """Contract input names in forward's order (from the contract's table)."""
+        return input_names(tuple(self.model.extra_inputs))
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         return x.half() if self.half_precision else x.float()
@@ -150,10 +157,6 @@ class DeploymentModule(torch.nn.Module):
 class _CoordsDeploymentModule(DeploymentModule):
     """The signature of models that also take instance positions (``extra_inputs = ("coords",)``)."""
 
-    @property
-    def input_names(self) -> list[str]:
-        return [FEATURES, MASK, COORDS]
-
     def forward(  # type: ignore[override]
         self, features: torch.Tensor, mask: torch.Tensor, coords: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +165,29 @@ class _CoordsDeploymentModule(DeploymentModule):
         out = self.model(self._compute(features), mask, coords=coords.float(), return_att=True)
         assert torch.jit.isinstance(out, Tuple[torch.Tensor, torch.Tensor])
         return self._contract_outputs(out[0], out[1], mask)
+
+
+class _GraphDeploymentModule(DeploymentModule):
+    """The signature of graph models (``extra_inputs = ("adj",)``): the adjacency as a batched edge list."""
+
+    def forward(  # type: ignore[override]
+        self, features: torch.Tensor, mask: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, N, D), mask (B, N), edge_index (B, 2, E), edge_weight (B, E)) -> (logits (B, C),
+        attention (B, N))."""
+        out = self.model(
+            self._compute(features), mask=mask, edge_index=edge_index, edge_weight=edge_weight, return_att=True
+        )
+        assert torch.jit.isinstance(out, Tuple[torch.Tensor, torch.Tensor])
+        return self._contract_outputs(out[0], out[1], mask)
+
+
+#: the wrapper variant of each ``MILModel.extra_inputs``: one route per set of deployment inputs.
+_ROUTES: dict[tuple[str, ...], type[DeploymentModule]] = {
+    (): DeploymentModule,
+    ("coords",): _CoordsDeploymentModule,
+    ("adj",): _GraphDeploymentModule,
+}
 
 
 def _json_safe(value: Any) -> Any:
@@ -203,7 +229,7 @@ def model_info(
         threshold = float(md.pop("threshold", 0.5))
     except (TypeError, ValueError):
         raise ExportError(f"{name}: checkpoint metadata threshold is not a number") from None
-    inputs = [FEATURES, MASK] + [n for kind in model.extra_inputs for n in EXTRA_INPUTS_BY_KIND[kind]]
+    inputs = input_names(tuple(model.extra_inputs))
     info_extra: dict[str, Any] = {}
     if md:
         info_extra["metadata"] = _json_safe(md)
@@ -244,26 +270,28 @@ def example_inputs(
     pitfalls").
 
     Returns:
-        (features (batch, n, D), mask (batch, n) bool[, coords (batch, n, 2)]).
+        The padded tensors of :func:`milsdk.export.bags.random_batch` in forward's order: features (batch, n,
+        D), mask (batch, n) bool[, coords (batch, n, 2) | edge_index (batch, 2, E), edge_weight (batch, E)].
     """
     if batch < 2 or n_instances < 2:
         raise ExportError(
             f"example sizes must be >= 2 (got batch={batch}, n_instances={n_instances}): an example of "
             "size 1 specialises that axis to 1"
         )
-    gen = torch.Generator().manual_seed(seed)
     D = int(module.model.in_shape[0])
-    features = torch.randn(batch, n_instances, D, generator=gen).to(_TORCH_DTYPES[features_dtype])
-    mask = torch.ones(batch, n_instances, dtype=torch.bool)
-    mask[-1, n_instances // 2 + 1 :] = False
-    features[~mask] = 0
-    tensors = {FEATURES: features, MASK: mask, COORDS: torch.rand(batch, n_instances, 2, generator=gen) * 100}
+    # the last bag is shorter: the mask holds padding, and the edge count differs between bags
+    lengths = [n_instances] * (batch - 1) + [n_instances // 2 + 1]
+    arrays = random_batch(lengths, n_instances, D, module.input_names, np.random.default_rng(seed))
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()}
+    tensors[FEATURES] = tensors[FEATURES].to(_TORCH_DTYPES[features_dtype])
     return tuple(tensors[name] for name in module.input_names)
 
 
 def dynamic_shapes(module: DeploymentModule) -> dict[str, dict[int, Any]]:
-    """``torch.export`` dynamic shapes: named Dims for the batch (axis 0) and bag (axis 1) axes of every
-    input."""
-    batch = torch.export.Dim(BATCH_DIM, min=1)
-    n = torch.export.Dim(INSTANCE_DIM, min=1)
-    return {name: {0: batch, 1: n} for name in module.input_names}
+    """``torch.export`` dynamic shapes from the contract's table: one named Dim per symbolic axis (batch,
+    n_instances, n_edges), shared by every input that has it."""
+    dims = {axis: torch.export.Dim(name, min=1) for axis, name in AXIS_NAMES.items()}
+    return {
+        name: {i: dims[d] for i, d in enumerate(input_kind(name).shape) if d in dims}
+        for name in module.input_names
+    }

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from milsdk.contract import ATTENTION, COORDS, FEATURES, INPUT_DTYPES, LOGITS, MASK, OUTPUT_DTYPES, ModelInfo
+from milsdk.contract import AXIS_NAMES, FEATURES, OUTPUT_KINDS, ModelInfo, input_kind
 
-__all__ = ["BATCH_DIM", "DYNAMIC_DIMS", "INSTANCE_DIM", "TensorSpec", "signature_specs"]
+__all__ = ["BATCH_DIM", "DYNAMIC_DIMS", "EDGE_DIM", "INSTANCE_DIM", "TensorSpec", "signature_specs"]
 
 #: symbolic names of the dynamic axes, as they appear in an exported ONNX graph.
-BATCH_DIM = "batch"
-INSTANCE_DIM = "n_instances"
-DYNAMIC_DIMS = (BATCH_DIM, INSTANCE_DIM)
+BATCH_DIM = AXIS_NAMES["B"]
+INSTANCE_DIM = AXIS_NAMES["N"]
+EDGE_DIM = AXIS_NAMES["E"]
+DYNAMIC_DIMS = (BATCH_DIM, INSTANCE_DIM, EDGE_DIM)
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,17 @@ def signature_specs(
             export).
 
     Returns:
-        (inputs, outputs): features [batch, n_instances, D], mask [batch, n_instances], coords [batch,
-        n_instances, 2] when the model takes it; logits [batch, C], attention [batch, n_instances].
+        (inputs, outputs) from the contract's table: features [batch, n_instances, D], mask [batch,
+        n_instances], coords [batch, n_instances, 2] / edge_index [batch, 2, n_edges], edge_weight [batch,
+        n_edges] when the model takes them; logits [batch, C], attention [batch, n_instances].
     """
-    shapes: dict[str, tuple[int | str, ...]] = {
-        FEATURES: (BATCH_DIM, INSTANCE_DIM, int(info.feature_dim)),
-        MASK: (BATCH_DIM, INSTANCE_DIM),
-        COORDS: (BATCH_DIM, INSTANCE_DIM, 2),
-    }
     inputs = []
     for name in info.inputs:
-        if name not in shapes:
-            raise ValueError(f"signature_specs: input {name!r} has no deployment spec yet")
-        dtype = features_dtype if name == FEATURES else INPUT_DTYPES[name]
-        inputs.append(TensorSpec(name, dtype, shapes[name]))
-    outputs = [
-        TensorSpec(LOGITS, OUTPUT_DTYPES[LOGITS], (BATCH_DIM, int(info.n_classes))),
-        TensorSpec(ATTENTION, OUTPUT_DTYPES[ATTENTION], (BATCH_DIM, INSTANCE_DIM)),
-    ]
+        try:
+            kind = input_kind(name)
+        except ValueError:
+            raise ValueError(f"signature_specs: input {name!r} has no deployment spec") from None
+        dtype = features_dtype if name == FEATURES else kind.dtype
+        inputs.append(TensorSpec(name, dtype, kind.dims(int(info.feature_dim))))
+    outputs = [TensorSpec(k.name, k.dtype, k.dims(int(info.n_classes))) for k in OUTPUT_KINDS]
     return inputs, outputs

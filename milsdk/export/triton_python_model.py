@@ -59,6 +59,35 @@ def run_options_for(session):
     return options
 
 
+def check_shapes(session, inputs):
+    """Check a request's inputs against each other and the model's dims before onnxruntime sees them.
+
+    The ONNX graph names its shared axes (``batch``, ``n_instances``): two inputs must agree on every axis of the
+    same name, and match every fixed size. Otherwise onnxruntime would fail deep in the graph with its internal
+    node names; this error names the inputs and their shapes instead.
+
+    Raises:
+        ValueError: e.g. "features has shape (1, 5, 64) and mask (1, 4): they disagree on n_instances (5 vs 4)".
+    """
+    seen = {}
+    for meta in session.get_inputs():
+        shape = tuple(int(d) for d in np.shape(inputs[meta.name]))
+        dims = ", ".join(str(d) for d in meta.shape)
+        if len(shape) != len(meta.shape):
+            raise ValueError(f"{meta.name} has shape {shape}, the model takes [{dims}]")
+        for dim, size in zip(meta.shape, shape):
+            if isinstance(dim, int) and size != dim:
+                raise ValueError(f"{meta.name} has shape {shape}, the model takes [{dims}]")
+            if isinstance(dim, str) and dim:
+                if dim in seen and seen[dim][1] != size:
+                    other, other_size, other_shape = seen[dim]
+                    raise ValueError(
+                        f"{other} has shape {other_shape} and {meta.name} {shape}: they disagree on {dim} "
+                        f"({other_size} vs {size})"
+                    )
+                seen.setdefault(dim, (meta.name, size, shape))
+
+
 def infer(session, inputs, run_options=None):
     """Run one padded batch.
 
@@ -69,6 +98,9 @@ def infer(session, inputs, run_options=None):
 
     Returns:
         {output name: array}: logits (B, C) float32, attention (B, N) float32.
+
+    Raises:
+        ValueError: a missing input, or inputs whose shapes disagree (:func:`check_shapes`).
     """
     feeds = {}
     for meta in session.get_inputs():
@@ -76,6 +108,7 @@ def infer(session, inputs, run_options=None):
             expected = [m.name for m in session.get_inputs()]
             raise ValueError(f"missing input '{meta.name}' (the model takes {expected})")
         feeds[meta.name] = np.ascontiguousarray(inputs[meta.name], dtype=_NUMPY_DTYPES.get(meta.type))
+    check_shapes(session, feeds)
     names = [meta.name for meta in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds, run_options)))
 

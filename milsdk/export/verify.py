@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 from milsdk._version import __version__
-from milsdk.contract import COORDS, FEATURES, MASK, ModelInfo
+from milsdk.contract import MASK, ModelInfo, input_kind
 from milsdk.errors import ArtifactError
 from milsdk.export.artifact import artifact_format, read_model_info
+from milsdk.export.bags import random_batch
 from milsdk.export.files import atomic_write
 from milsdk.export.quiet import first_line, quiet_exporter
 from milsdk.export.signature import DeploymentModule
@@ -379,17 +380,16 @@ def _eager_runner(model: torch.nn.Module) -> tuple[Runner, DeploymentModule]:
 def _make_batch(
     lengths: Sequence[int], n: int, D: int, input_names: list[str], rng: np.random.Generator
 ) -> Arrays:
-    """Zero-padded random bags in the contract's layout."""
-    B = len(lengths)
-    mask = np.arange(n)[None, :] < np.asarray(lengths)[:, None]
-    features = rng.standard_normal((B, n, D), dtype=np.float32)
-    features[~mask] = 0
-    arrays: Arrays = {FEATURES: features, MASK: mask}
-    if COORDS in input_names:
-        coords = rng.uniform(0, 100, size=(B, n, 2)).astype(np.float32)
-        coords[~mask] = 0
-        arrays[COORDS] = coords
-    return arrays
+    """Random bags of the given sizes, padded to ``n`` in the contract's layout (the client's padding)."""
+    return random_batch(lengths, n, D, input_names, rng)
+
+
+def _one_bag(name: str, array: np.ndarray, row: int, n: int) -> np.ndarray:
+    """Bag ``row`` of a padded batch alone: its instance axes cut to its ``n`` instances (edge axes keep their
+    padding edges, which weigh 0)."""
+    index = tuple(slice(row, row + 1) if i == 0 else slice(0, n) if d == "N" else slice(None)
+                  for i, d in enumerate(input_kind(name).shape))
+    return np.ascontiguousarray(array[index])
 
 
 def _timed(run: Runner, inputs: Arrays) -> tuple[tuple[np.ndarray, np.ndarray], float]:
@@ -672,7 +672,7 @@ def _padding_probes(
         where = probe.batch // 2
         lengths[where] = probe.n_instances
         batch = _make_batch(lengths.tolist(), probe.padded_to, D, input_names, rng)
-        alone = {k: np.ascontiguousarray(v[where : where + 1, : probe.n_instances]) for k, v in batch.items()}
+        alone = {k: _one_bag(k, v, where, probe.n_instances) for k, v in batch.items()}
         try:
             a_logits, a_att = run(alone)
             b_logits, b_att = run(batch)

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from milsdk.contract import ATTENTION, COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, LOGITS, ModelInfo
+from milsdk.utils.graph import coords_graph
 from milsdk.errors import BagError, ServerUnavailableError, ServingError
 from milsdk.serving.backends import Backend, open_artifact
 from milsdk.serving.planner import pad_batch, plan_batches
@@ -357,13 +358,20 @@ class MILClient:
                 raise BagError(f"model {info.model_name} needs coords; the bag has none")
             out[COORDS] = coords
         if EDGE_INDEX in info.inputs:
-            out[EDGE_INDEX], out[EDGE_WEIGHT] = self._edges(bag, n)
+            out[EDGE_INDEX], out[EDGE_WEIGHT] = self._edges(bag, n, coords)
         return out
 
-    def _edges(self, bag: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """A graph model's edge list, given in the bag as ``edge_index`` (2, E) and ``edge_weight`` (E,)."""
+    def _edges(self, bag: Any, n: int, coords: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """A graph model's edge list: the bag's ``edge_index`` (2, E) and ``edge_weight`` (E,) when it has them,
+        else the 8-neighbour grid graph of its coords (:func:`milsdk.utils.graph.coords_graph`, the datasets'
+        default graph), so that the same feature file (features + coords) serves every model."""
         if not (isinstance(bag, Mapping) and EDGE_INDEX in bag):
-            raise BagError(f"model {self.info.model_name} needs the bag's graph: give edge_index (2, E) and edge_weight")
+            if coords is None:
+                raise BagError(
+                    f"model {self.info.model_name} needs the bag's graph: give coords (N, 2), from which the "
+                    "8-neighbour graph is built, or edge_index (2, E) and edge_weight (E,)"
+                )
+            return coords_graph(coords)
         edge_index = np.asarray(bag[EDGE_INDEX])
         edge_weight = np.asarray(bag.get(EDGE_WEIGHT, np.ones(edge_index.shape[-1], np.float32)))
         if edge_index.ndim != 2 or edge_index.shape[0] != 2 or edge_weight.shape != (edge_index.shape[1],):

@@ -8,11 +8,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import os
+import re
+
 import numpy as np
 
 from milsdk.errors import BagError
 
-__all__ = ["BAG_SUFFIXES", "find_bag_files", "read_bag"]
+__all__ = ["BAG_SUFFIXES", "bag_names", "find_bag_files", "read_bag"]
 
 #: file suffixes read as bags.
 BAG_SUFFIXES = (".h5", ".hdf5", ".npy")
@@ -48,6 +51,50 @@ def find_bag_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise BagError(f"{path}: no such file or folder")
     return files
+
+
+def bag_names(paths: Iterable[str | Path]) -> list[str]:
+    """One distinct name per path, for outputs named after bags (CSV rows, ``<name>.npy``, ``<name>.png``).
+
+    A bag is named by its file stem (``slides/a.h5`` -> ``a``). Where two paths share a stem, both are named by
+    their file name (``a.h5``, ``a.npy``); where those clash too (the same file name in two folders), by the path
+    below the folder the clashing paths share, with ``__`` for ``/`` (``site1__a.h5``, ``site2__a.h5``). Names
+    are compared as the file names they become (case-insensitive, characters outside [A-Za-z0-9._-] counted as
+    ``_``), so no output file overwrites another on any file system. Give each file once: the same path twice
+    gets two names (``-2`` appended to the second).
+
+    Returns:
+        The names, in the order of ``paths``.
+    """
+    paths = [Path(p) for p in paths]
+
+    def key(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", name).lower()
+
+    def clashing(names: list[str], among: list[int]) -> set[int]:
+        seen: dict[str, list[int]] = {}
+        for i in among:
+            seen.setdefault(key(names[i]), []).append(i)
+        return {i for group in seen.values() if len(group) > 1 for i in group}
+
+    names = [p.stem for p in paths]
+    clash = clashing(names, list(range(len(paths))))
+    for i in clash:
+        names[i] = paths[i].name
+    clash = clashing(names, sorted(clash))
+    if clash:
+        resolved = {i: Path(os.path.abspath(paths[i])) for i in clash}
+        common = Path(os.path.commonpath([str(r.parent) for r in resolved.values()]))
+        for i, r in resolved.items():
+            names[i] = "__".join(r.relative_to(common).parts)
+    used: set[str] = set()
+    for i, name in enumerate(names):
+        unique, k = name, 2
+        while key(unique) in used:  # the same path twice, or names that only differ in case / odd characters
+            unique, k = f"{name}-{k}", k + 1
+        names[i] = unique
+        used.add(key(unique))
+    return names
 
 
 def read_bag(path: str | Path) -> dict[str, Any]:

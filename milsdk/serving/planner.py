@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, INPUT_DTYPES, MASK
+from milsdk.contract import FEATURES, MASK, input_kind
 from milsdk.errors import BagError
 
 __all__ = ["Batch", "BatchPlan", "plan_batches", "pad_batch"]
@@ -94,7 +94,8 @@ def plan_batches(
 
 
 def pad_batch(bags: Sequence[dict[str, np.ndarray]], n_max: int, inputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """Stack bags into the padded arrays of the deployment contract.
+    """Stack bags into the padded arrays of the deployment contract (shapes, dtypes and pad values from
+    :data:`milsdk.contract.INPUT_KINDS`).
 
     Args:
         bags: B dicts with ``features`` (N_i, D) float32 and, as ``inputs`` ask, ``coords`` (N_i, 2) float32,
@@ -105,35 +106,36 @@ def pad_batch(bags: Sequence[dict[str, np.ndarray]], n_max: int, inputs: Sequenc
     Returns:
         {name: array} for every name in ``inputs``: ``features`` (B, n_max, D) zero-padded, ``mask`` (B, n_max)
         bool, ``coords`` (B, n_max, 2), ``edge_index`` (B, 2, E_max) padded with edge 0 -> 0 of weight 0,
-        ``edge_weight`` (B, E_max).
+        ``edge_weight`` (B, E_max), E_max the largest edge count (at least 1).
     """
     batch_size = len(bags)
+    kinds = [input_kind(name) for name in inputs]
     if batch_size == 1 and bags[0][FEATURES].shape[0] == n_max:  # nothing to pad: views, no copy of a large bag
         bag = bags[0]
-        single = {FEATURES: bag[FEATURES][None], MASK: np.ones((1, n_max), dtype=bool)}
-        single.update({name: np.asarray(bag[name])[None] for name in inputs if name not in single})
-        return {name: single[name] for name in inputs}
-    dim = bags[0][FEATURES].shape[1]
-    out: dict[str, np.ndarray] = {
-        FEATURES: np.zeros((batch_size, n_max, dim), dtype=bags[0][FEATURES].dtype),
-        MASK: np.zeros((batch_size, n_max), dtype=bool),
-    }
-    if COORDS in inputs:
-        out[COORDS] = np.zeros((batch_size, n_max, 2), dtype=INPUT_DTYPES[COORDS])
-    if EDGE_INDEX in inputs:
-        e_max = max(1, max(int(bag[EDGE_INDEX].shape[1]) for bag in bags))
-        out[EDGE_INDEX] = np.zeros((batch_size, 2, e_max), dtype=INPUT_DTYPES[EDGE_INDEX])
-        out[EDGE_WEIGHT] = np.zeros((batch_size, e_max), dtype=INPUT_DTYPES[EDGE_WEIGHT])
-    for b, bag in enumerate(bags):
-        n = bag[FEATURES].shape[0]
+        return {
+            k.name: np.ones((1, n_max), dtype=bool) if k.name == MASK else np.asarray(bag[k.name])[None]
+            for k in kinds
+        }
+    sizes = [int(bag[FEATURES].shape[0]) for bag in bags]
+    for b, n in enumerate(sizes):
         if n > n_max:
             raise BagError(f"bag {b} has {n} instances, more than the batch's n_max {n_max}")
-        out[FEATURES][b, :n] = bag[FEATURES]
-        out[MASK][b, :n] = True
-        if COORDS in out:
-            out[COORDS][b, :n] = bag[COORDS]
-        if EDGE_INDEX in out:
-            e = bag[EDGE_INDEX].shape[1]
-            out[EDGE_INDEX][b, :, :e] = bag[EDGE_INDEX]
-            out[EDGE_WEIGHT][b, :e] = bag[EDGE_WEIGHT]
-    return {name: out[name] for name in inputs}
+    out: dict[str, np.ndarray] = {}
+    for kind in kinds:
+        if kind.derived:  # the mask
+            out[kind.name] = np.arange(n_max)[None, :] < np.asarray(sizes)[:, None]
+            continue
+        arrays = [np.asarray(bag[kind.name]) for bag in bags]
+        lengths = {}
+        for axis, dim in enumerate(kind.shape[1:]):
+            if dim == "N":
+                lengths[axis] = n_max
+            elif dim == "E":
+                lengths[axis] = max(1, max(a.shape[axis] for a in arrays))
+        shape = [lengths.get(axis, arrays[0].shape[axis]) for axis in range(len(kind.shape) - 1)]
+        dtype = arrays[0].dtype if kind.name == FEATURES else np.dtype(kind.dtype)
+        padded = np.full((batch_size, *shape), kind.pad_value, dtype=dtype)
+        for b, array in enumerate(arrays):
+            padded[(b, *(slice(0, s) for s in array.shape))] = array
+        out[kind.name] = padded
+    return out

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from milsdk.errors import ServerStartError
 
-__all__ = ["ENV_VAR", "SERVER_PACKAGES", "default_env_path", "ensure_server_env", "server_python", "numpy_version"]
+__all__ = [
+    "ENV_VAR",
+    "SERVER_PACKAGES",
+    "cache_env_path",
+    "default_env_path",
+    "ensure_server_env",
+    "server_python",
+    "numpy_version",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +41,17 @@ SERVER_PACKAGES = ("numpy<2", "onnxruntime>=1.18")
 _MARKER = "milsdk-server-env.json"
 
 
+def cache_env_path(name: str) -> Path:
+    """``$XDG_CACHE_HOME/milsdk/<name>`` (~/.cache by default): where milsdk keeps the environments it makes."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "milsdk" / name
+
+
 def default_env_path() -> Path:
     """``$MILSDK_TRITON_PYTHON``, else ``$XDG_CACHE_HOME/milsdk/triton-python-env`` (~/.cache by default)."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "milsdk" / "triton-python-env"
+    return cache_env_path("triton-python-env")
 
 
 def server_python(location: str | Path) -> Path:
@@ -61,17 +74,25 @@ def numpy_version(python: str | Path) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def ensure_server_env(location: str | Path | None = None, base_python: str | Path | None = None) -> Path:
+def ensure_server_env(
+    location: str | Path | None = None,
+    base_python: str | Path | None = None,
+    packages: tuple[str, ...] = SERVER_PACKAGES,
+) -> Path:
     """Create the server-side environment if needed and return its Python executable.
 
-    An existing environment is reused when it was made by this function (marker file) or when its numpy is < 2.
-    Where there is none (or one without numpy), it is made with ``base_python -m venv`` and ``pip install`` of
-    :data:`SERVER_PACKAGES` (needs PyPI or a local index; about 10-30 s, once).
+    An existing environment is reused when it was made by this function for the same ``packages`` (marker
+    file) or, for a location the caller made, when its numpy is < 2. Where there is none (or one without numpy),
+    it is made with ``base_python -m venv`` and ``pip install`` of ``packages`` (needs PyPI or a local index;
+    about 10-30 s, once).
 
     Args:
         location: environment folder or Python executable; None = :func:`default_env_path`.
         base_python: the interpreter that creates a new environment (default: this one's base interpreter, so
             that the Python version matches the backend stub chosen for it).
+        packages: pip requirements of the environment; default :data:`SERVER_PACKAGES`. Other sets make other
+            numpy-1 environments, e.g. an older onnxruntime that exports are checked against (then give each
+            set its own ``location``, see :func:`cache_env_path`).
 
     Returns:
         Path of the environment's ``python``.
@@ -82,9 +103,11 @@ def ensure_server_env(location: str | Path | None = None, base_python: str | Pat
     location = Path(location).expanduser() if location is not None else default_env_path()
     python = server_python(location)
     env_dir = python.parent.parent
-    if (env_dir / _MARKER).is_file() and python.is_file():
+    marker = env_dir / _MARKER
+    made_here = marker.is_file() and python.is_file()
+    if made_here and json.loads(marker.read_text()).get("packages") == list(packages):
         return python
-    version = numpy_version(python) if python.is_file() else None
+    version = numpy_version(python) if python.is_file() and not made_here else None
     if version is not None:
         if int(version.split(".")[0]) >= 2:
             raise ServerStartError(
@@ -94,10 +117,10 @@ def ensure_server_env(location: str | Path | None = None, base_python: str | Pat
         return python
     # no environment there yet, or one left half-made: (re)create it
     base = str(base_python or getattr(sys, "_base_executable", None) or sys.executable)
-    log.info("creating the Triton server-side Python environment in %s (numpy<2, onnxruntime)", env_dir)
+    log.info("creating the Triton server-side Python environment in %s (%s)", env_dir, ", ".join(packages))
     steps = [
         [base, "-m", "venv", str(env_dir)],
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", *SERVER_PACKAGES],
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", *packages],
     ]
     for step in steps:
         try:
@@ -111,7 +134,7 @@ def ensure_server_env(location: str | Path | None = None, base_python: str | Pat
                 f"{' '.join(step[:4])} ... failed: {' | '.join(tail)}"
             )
     version = numpy_version(python)
-    (env_dir / _MARKER).write_text(json.dumps({"packages": list(SERVER_PACKAGES), "numpy": version}) + "\n")
+    marker.write_text(json.dumps({"packages": list(packages), "numpy": version}) + "\n")
     return python
 
 

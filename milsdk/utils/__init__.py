@@ -1,4 +1,13 @@
-"""Training utilities: Trainer, metrics, loss-coefficient schedules, graph utilities, checkpoints."""
+"""Training utilities: Trainer, metrics, loss-coefficient schedules, graph utilities, checkpoints.
+
+The graph utilities and annealing schedules need only numpy, and the serving client (which must work without
+torch) builds graphs with ``milsdk.utils.graph``: the torch-based names are therefore imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from milsdk.utils.annealing import (
     AnnealingScheduler,
@@ -6,10 +15,31 @@ from milsdk.utils.annealing import (
     CyclicalAnnealingScheduler,
     LinearAnnealingScheduler,
 )
-from milsdk.utils.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from milsdk.utils.graph import add_self_loops, build_adj, degree, normalize_adj
-from milsdk.utils.metrics import AUROC, F1, Accuracy, BalancedAccuracy, Mean, Metric
-from milsdk.utils.trainer import Trainer
+
+#: name -> module of the names that need torch.
+_LAZY = {
+    "Checkpoint": "milsdk.utils.checkpoint",
+    "load_checkpoint": "milsdk.utils.checkpoint",
+    "read_checkpoint": "milsdk.utils.checkpoint",
+    "save_checkpoint": "milsdk.utils.checkpoint",
+    "AUROC": "milsdk.utils.metrics",
+    "F1": "milsdk.utils.metrics",
+    "Accuracy": "milsdk.utils.metrics",
+    "BalancedAccuracy": "milsdk.utils.metrics",
+    "Mean": "milsdk.utils.metrics",
+    "Metric": "milsdk.utils.metrics",
+    "Trainer": "milsdk.utils.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'milsdk.utils' has no attribute {name!r}")
+
 
 __all__ = [
     "AUROC",

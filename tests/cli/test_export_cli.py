@@ -110,3 +110,23 @@ def test_bad_profile_is_one_line(ckpt, tmp_path, monkeypatch):
         result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, gpu-fp16, "
         "triton-python, triton-pytorch (or a .toml path)"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["-o", "afile"], "Error: output folder afile: is an existing file, not a folder"),
+        (["-o", "afile/sub"], "Error: output folder afile/sub: is inside afile, an existing file, not a folder"),
+        (["-o", "out", "--triton", "afile"], "Error: Triton repository afile: is an existing file, not a folder"),
+    ],
+)
+def test_target_that_is_a_file_fails_before_any_work_and_writes_nothing(ckpt, tmp_path, monkeypatch, args, error):
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "afile").write_text("mine")
+    monkeypatch.chdir(here)
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--format", "onnx", *args], catch_exceptions=False)
+    assert result.exit_code == 1
+    # one line and no progress: the checkpoint was not even read
+    assert result.stderr.strip().splitlines() == [error]
+    assert [p.name for p in here.iterdir()] == ["afile"] and (here / "afile").read_text() == "mine"

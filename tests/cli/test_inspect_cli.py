@@ -85,3 +85,44 @@ def test_files_without_milsdk_metadata(tmp_path):
         ), lines
     (tmp_path / "model.h5").write_bytes(b"")
     assert "unknown artifact type '.h5'" in _inspect(tmp_path / "model.h5").output
+
+
+_BLOCKER = """
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+from milsdk.cli import main
+try:
+    main(ARGS)
+except SystemExit as exit:
+    code = exit.code or 0
+assert not any(m.split(".")[0] in BLOCKED for m in sys.modules), sorted(sys.modules)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("blocked", [("torch",), ("torch", "onnx", "onnxscript")])
+def test_inspect_onnx_in_a_client_only_install(artifacts, tmp_path, blocked):
+    """A client install (numpy + onnxruntime + tritonclient + h5py) has no torch and maybe no onnx package:
+    inspect reads the same facts through onnxruntime and prints the same description."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        code = f"BLOCKED = {blocked!r}\nARGS = {list(map(str, args))!r}\n" + _BLOCKER
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+    for extra in ([], ["--json"]):
+        done = run("inspect", artifacts["onnx"], *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout == _inspect(artifacts["onnx"], *extra).output
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x01junk")
+    done = run("inspect", tmp_path / "junk.onnx")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"Error: {tmp_path / 'junk.onnx'}: not a readable ONNX model")

@@ -62,7 +62,8 @@ def test_csv_attention_and_exit_code_with_bad_files(artifacts, slides, tmp_path)
     table = rows(out)
     assert [r["bag"] for r in table] == ["a_clam", "b_stamp", "c_wrong_dim", "d_broken", "e_one"]
     assert list(table[0]) == ["bag", "file", "n_instances", "prob_benign", "prob_tumor", "prob_other", "label", "error"]
-    assert [r["n_instances"] for r in table] == ["30", "7", "0", "0", "1"]
+    # a rejected bag has its real size; an unreadable file has none
+    assert [r["n_instances"] for r in table] == ["30", "7", "5", "", "1"]
     assert "dimension 18, model ABMIL expects 16" in table[2]["error"]
     assert "cannot read .h5 file" in table[3]["error"]
     assert [r["error"] for r in table if r["bag"] in ("a_clam", "b_stamp", "e_one")] == ["", "", ""]
@@ -137,3 +138,67 @@ def test_heatmaps_one_png_per_bag_grid_with_coords_strip_without(artifacts, slid
         pixels = matplotlib.image.imread(heatmaps / name)[..., :3]
         hottest = np.array([0.993, 0.906, 0.144])  # viridis at 1.0: the most attended instance
         assert (np.abs(pixels - hottest).max(axis=-1) < 0.03).any(), name
+
+
+def test_files_with_the_same_stem_get_distinct_names_in_every_output(artifacts, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    bags = {"good.h5": rng.normal(size=(9, D)).astype(np.float32),
+            "good.npy": rng.normal(size=(4, D)).astype(np.float32)}
+    with h5py.File(folder / "good.h5", "w") as f:
+        f["features"] = bags["good.h5"]
+    np.save(folder / "good.npy", bags["good.npy"])
+    out, att, png = tmp_path / "p.csv", tmp_path / "att", tmp_path / "png"
+    result = run(artifacts["onnx"], folder / "good.h5", folder / "good.npy", "--out", out, "--attention-dir", att,
+                 "--heatmaps", png, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [(r["bag"], r["n_instances"]) for r in rows(out)] == [("good.h5", "9"), ("good.npy", "4")]
+    assert sorted(p.name for p in att.iterdir()) == ["good.h5.npy", "good.npy.npy"]
+    assert sorted(p.name for p in png.iterdir()) == ["good.h5.png", "good.npy.png"]
+    client = MILClient.from_path(artifacts["onnx"])
+    for name, features in bags.items():
+        np.testing.assert_allclose(np.load(att / f"{name}.npy"), client.predict([features])[0].attention, atol=1e-6)
+
+
+def test_same_file_name_in_two_folders_is_named_by_its_folder(artifacts, tmp_path):
+    rng = np.random.default_rng(2)
+    for site in ("site1", "site2"):
+        (tmp_path / site).mkdir()
+        np.save(tmp_path / site / "a.npy", rng.normal(size=(3, D)).astype(np.float32))
+    out, att = tmp_path / "p.csv", tmp_path / "att"
+    result = run(artifacts["onnx"], tmp_path / "site1", tmp_path / "site2", "--out", out, "--attention-dir", att,
+                 "-q", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["bag"] for r in rows(out)] == ["site1__a.npy", "site2__a.npy"]
+    assert sorted(p.name for p in att.iterdir()) == ["site1__a.npy.npy", "site2__a.npy.npy"]
+
+
+def test_a_file_given_twice_is_predicted_once(artifacts, slides, tmp_path):
+    out = tmp_path / "p.csv"
+    one = slides / "e_one.npy"
+    result = run(artifacts["onnx"], one, slides / ".." / "slides" / "e_one.npy", "--out", out, "-q", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["bag"] for r in rows(out)] == ["e_one"]
+    assert f"{slides}/../slides/e_one.npy: given more than once; predicted once" in result.stderr
+    assert "1 of 1 bags predicted" in result.stderr
+
+
+def test_help_names_the_csv_columns_as_written():
+    text = " ".join(CliRunner().invoke(main, ["predict", "--help"]).output.split())
+    assert "columns bag, file, n_instances, then probability (binary model: of the positive class) or " \
+        "prob_<class> per class (multi-class), then label, error" in text
+    assert "probabilities" not in text
+    assert "A file given more than once (directly or through its folder) is predicted once" in text
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "file:///tmp/model"])
+def test_url_with_an_unsupported_scheme_is_one_line(url, slides, tmp_path):
+    result = run(url, slides, "--model-name", "m", "--out", tmp_path / "p.csv")
+    assert result.exit_code == 2  # a traceback would have been exit code 1
+    scheme = url.split(":")[0]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: Invalid value for MODEL_OR_URL: {url}: unsupported URL scheme '{scheme}', "
+        "expected http, https, grpc or grpcs"
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "p.csv").exists()

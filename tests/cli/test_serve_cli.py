@@ -118,3 +118,16 @@ def test_help_has_an_example():
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0 and "milsdk serve model_repository" in result.output
     assert "MILSDK_TRITON_PYTHON" in result.output
+
+
+def test_readme_serve_commands_fix_every_port_the_readme_then_calls():
+    """A port left at 0 is a random one: a README command followed by `predict grpc://127.0.0.1:8001` must
+    have asked for 8001."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    serve_lines = [line.strip() for line in readme.splitlines() if line.strip().startswith("milsdk serve ")]
+    assert serve_lines
+    for line in serve_lines:
+        if "--http-port" in line:
+            assert "--grpc-port 8001" in line, line

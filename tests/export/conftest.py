@@ -1,5 +1,6 @@
 """Fixtures of the export tests: ABMIL at D=1024 (binary and 3-class) exported once per session, checkpoints,
-and small hand-written models that exercise the wrapper (scriptable, with coords, leaking padding)."""
+and small hand-written models that exercise the wrapper (scriptable, with coords, with a graph, leaking
+padding)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from milsdk.export.onnx import export_onnx
 from milsdk.export.torchscript import export_torchscript
 from milsdk.models import ABMIL, MILModel
+from milsdk.nn.adjacency import propagate, resolve_edges
 from milsdk.utils.checkpoint import save_checkpoint
 
 D = 1024
@@ -92,6 +94,25 @@ class CoordsToy(ScriptableToy):
         return self._pool(X + 0.01 * coords.sum(-1, keepdim=True), mask)
 
 
+class GraphToy(ScriptableToy):
+    """A toy graph model (extra_inputs = ("adj",)): one propagation step over the bag's edges, then pooling."""
+
+    extra_inputs = ("adj",)
+
+    def forward(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_att: bool = False,
+        edge_index: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert mask is not None
+        edge_index, edge_weight = resolve_edges(X, adj, edge_index, edge_weight, mask)
+        return self._pool(X + propagate(X, edge_index, edge_weight), mask)
+
+
 class LeakyPaddingABMIL(ABMIL):
     """ABMIL whose logits also see the padded positions (mean over all N): NOT padding-invariant, but claims
     to be."""
@@ -115,6 +136,7 @@ def toys():
     return {
         "scriptable": ScriptableToy,
         "coords": CoordsToy,
+        "graph": GraphToy,
         "leaky": LeakyPaddingABMIL,
         "declared": DeclaredLeakyABMIL,
     }

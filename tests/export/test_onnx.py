@@ -155,3 +155,67 @@ def test_transmil_exports_and_verifies(transmil, tmp_path, n_classes):
     assert report.passed, report.summary()
     assert report.parity_error <= 1e-4 and report.padding_error <= 1e-5
     assert ModelInfo.from_json(onnx.load(path).metadata_props[0].value).model_name == "TransMIL"
+
+
+_OLD_RUNTIME_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+inputs = dict(np.load(sys.argv[2]))
+outputs = session.run(["logits", "attention"], inputs)
+np.savez(sys.argv[3], logits=outputs[0], attention=outputs[1], version=np.array(ort.__version__))
+"""
+
+
+def test_default_export_has_the_lowest_ir_version_and_runs_in_an_old_onnxruntime(tmp_path):
+    """onnxruntime < 1.18 refuses IR 10 ("max supported IR version: 9"); the export must not need it. The old
+    runtime lives in its own numpy-1 environment (made by scripts/setup.sh, or here on first use)."""
+    import subprocess
+
+    from milsdk.export.onnx import OLDEST_ONNXRUNTIME, lowest_ir_version
+    from milsdk.serving.server_env import cache_env_path, ensure_server_env
+
+    torch.manual_seed(0)
+    path = export_onnx(create_model("ABMIL", in_shape=(32,), att_dim=8).eval(), tmp_path / "model.onnx")
+    proto = onnx.load(path)
+    assert proto.ir_version == lowest_ir_version(proto) == 8  # opset 18 needs IR 8
+    features, mask = _bags(3, 7, [7, 4, 1], D=32)
+    np.savez(tmp_path / "inputs.npz", features=features, mask=mask)
+
+    # the same graph stamped IR 10 gives bit-identical outputs in the current runtime
+    newest = tmp_path / "ir10.onnx"
+    proto.ir_version = 10
+    onnx.save(proto, newest)
+    feeds = {"features": features, "mask": mask}
+    ours = ort.InferenceSession(str(path)).run(None, feeds)
+    for a, b in zip(ours, ort.InferenceSession(str(newest)).run(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+
+    python = ensure_server_env(
+        cache_env_path(f"onnxruntime-{OLDEST_ONNXRUNTIME}-env"),
+        packages=("numpy<2", f"onnxruntime=={OLDEST_ONNXRUNTIME}"),
+    )
+    done = subprocess.run(
+        [str(python), "-c", _OLD_RUNTIME_SCRIPT, str(path), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    old = np.load(tmp_path / "out.npz")
+    assert str(old["version"]) == OLDEST_ONNXRUNTIME
+    np.testing.assert_allclose(old["logits"], ours[0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(old["attention"], ours[1], atol=1e-6, rtol=0)
+
+
+def test_a_graph_model_exports_with_a_dynamic_edge_axis_and_verifies(toys, tmp_path):
+    model = toys["graph"]().eval()
+    path = export_onnx(model, tmp_path / "graph.onnx")
+    inputs, _ = onnx_signature(onnx.load(path))
+    assert [(i.name, i.shape) for i in inputs] == [
+        ("features", ("batch", "n_instances", 8)),
+        ("mask", ("batch", "n_instances")),
+        ("edge_index", ("batch", 2, "n_edges")),
+        ("edge_weight", ("batch", "n_edges")),
+    ]
+    report = verify_export(path, model, plan=VerificationPlan.quick())
+    assert report.passed, report.summary()

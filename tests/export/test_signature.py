@@ -9,7 +9,7 @@ import torch
 
 from milsdk.contract import ModelInfo
 from milsdk.errors import ExportError
-from milsdk.export.signature import DeploymentModule, example_inputs, model_info
+from milsdk.export.signature import DeploymentModule, dynamic_shapes, example_inputs, model_info
 from milsdk.models import ABMIL
 
 
@@ -101,12 +101,24 @@ def test_model_info_refuses_what_does_not_fit(build, metadata, message):
         model_info(build(), metadata)
 
 
-def test_graph_models_are_refused_with_a_clear_message():
-    class GraphABMIL(ABMIL):
-        extra_inputs = ("adj",)
+def test_an_extra_input_without_a_deployment_input_is_refused_with_a_clear_message():
+    class NeedsTime(ABMIL):
+        extra_inputs = ("time",)
 
-    with pytest.raises(ExportError, match="edge_index"):
-        DeploymentModule(GraphABMIL(in_shape=(16,)))
+    with pytest.raises(ExportError, match=r"extra inputs \('time',\) have no deployment signature"):
+        DeploymentModule(NeedsTime(in_shape=(16,)))
+
+
+def test_graph_models_take_the_edge_list_and_the_example_holds_edges(toys):
+    module = DeploymentModule(toys["graph"]().eval())
+    assert module.input_names == ["features", "mask", "edge_index", "edge_weight"]
+    features, mask, edge_index, edge_weight = example_inputs(module, batch=3, n_instances=9)
+    assert edge_index.dtype == torch.int64 and edge_index.shape[:2] == (3, 2)
+    assert edge_weight.shape == (3, edge_index.shape[2]) and edge_weight.dtype == torch.float32
+    # the short last bag has fewer edges: its padding edges weigh 0 and no edge reaches its padding
+    assert (edge_weight[2] == 0).any() and int(edge_index[2][:, edge_weight[2] != 0].max()) < int(mask[2].sum())
+    dims = dynamic_shapes(module)
+    assert dims["edge_index"][2] is dims["edge_weight"][1] and dims["edge_index"][0] is dims["features"][0]
 
 
 def test_size_one_examples_are_refused(abmil):

@@ -11,6 +11,7 @@ import torch
 from milsdk.contract import METADATA_KEY, ModelInfo
 from milsdk.errors import ExportError
 from milsdk.export.signature import DeploymentModule
+from milsdk.export.verify import VerificationPlan, verify_export
 from milsdk.export.torchscript import TRACE_CHECK_SIZES, export_torchscript, read_torchscript_info
 from milsdk.models import ABMIL, create_model
 
@@ -58,16 +59,22 @@ def test_metadata_and_method_are_recorded(abmil, abmil_artifacts, n_classes):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
-@pytest.mark.parametrize("kind", ["scriptable", "coords"])
-def test_scriptable_models_are_scripted(toys, tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind,inputs",
+    [
+        ("scriptable", ["features", "mask"]),
+        ("coords", ["features", "mask", "coords"]),
+        ("graph", ["features", "mask", "edge_index", "edge_weight"]),
+    ],
+)
+def test_scriptable_models_are_scripted(toys, tmp_path, kind, inputs):
     model = toys[kind]().eval()
     path = export_torchscript(model, tmp_path / "toy.pt")
     info = read_torchscript_info(path)
     assert info.extra["export"]["method"] == "script" and "script_error" not in info.extra["export"]
     names = [a.name for a in torch.jit.load(str(path)).forward.schema.arguments][1:]
-    assert (
-        names == info.inputs == (["features", "mask", "coords"] if kind == "coords" else ["features", "mask"])
-    )
+    assert names == info.inputs == inputs
+    assert verify_export(path, model, plan=VerificationPlan.quick()).passed
 
 
 class FrozenBagABMIL(ABMIL):

@@ -13,6 +13,7 @@ import torch
 from milsdk.export import DeploymentModule, export_onnx, read_model_info, write_triton_model
 from milsdk.models import get_model_class, list_models
 from milsdk.serving import TritonServer
+from milsdk.utils.graph import coords_graph
 
 D = 64
 #: Triton model name -> registered model name. Each model is served with its largest declared class count.
@@ -68,14 +69,17 @@ def served_bags(eval_bags) -> list[dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="session")
 def eager_outputs(eager_models, served_bags):
-    """{model name: [(logits (C,), attention (N,)) of each bag run alone in eager PyTorch]}."""
+    """{model name: [(logits (C,), attention (N,)) of each bag run alone in eager PyTorch]}; graph models get the
+    8-neighbour graph of the bag's coords, which the client builds when a bag has no edges."""
     out = {}
+    graphs = [coords_graph(bag["coords"]) for bag in served_bags]
     for name, model in eager_models.items():
         module = DeploymentModule(model)
         rows = []
         with torch.no_grad():
-            for bag in served_bags:
-                inputs = {key: torch.from_numpy(value)[None] for key, value in bag.items()}
+            for bag, (edge_index, edge_weight) in zip(served_bags, graphs):
+                arrays = {**bag, "edge_index": edge_index, "edge_weight": edge_weight}
+                inputs = {key: torch.from_numpy(value)[None] for key, value in arrays.items()}
                 inputs["mask"] = torch.ones(inputs["features"].shape[:2], dtype=torch.bool)
                 logits, attention = module(*[inputs[key] for key in module.input_names])
                 rows.append((logits[0].numpy(), attention[0].numpy()))
@@ -96,3 +100,15 @@ def unused_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def abmil_server(eager_models, tmp_path_factory):
+    """A real Triton server with ABMIL alone (the Python-backend variant), for tests that need one served model
+    and not the whole registry."""
+    root = tmp_path_factory.mktemp("triton_abmil")
+    onnx_path = export_onnx(eager_models["abmil"], root / "abmil.onnx")
+    write_triton_model(root / "model_repository", "abmil", {"onnx": onnx_path}, read_model_info(onnx_path),
+                       backend="python")
+    with TritonServer(root / "model_repository", exit_timeout_s=2) as server:
+        yield server

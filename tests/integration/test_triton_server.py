@@ -121,3 +121,88 @@ def test_server_stopped_mid_run_and_restarted_loses_no_bag(triton_repo, eval_bag
         client.close()
     check_against_eager(preds, bags, expected)
     assert client.last_run.retries > 0
+
+
+def _request_count(url: str, model: str) -> int:
+    import tritonclient.http
+
+    admin = tritonclient.http.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        stats = admin.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+    finally:
+        admin.close()
+    return int(stats["success"]["count"]) + int(stats["fail"]["count"])
+
+
+def test_features_and_mask_of_different_n_are_refused_in_the_contracts_words(abmil_server):
+    import tritonclient.http
+    from tritonclient.utils import InferenceServerException
+
+    from milsdk.errors import ServingError
+    from milsdk.serving.backends.triton import TritonBackend
+
+    features, mask = np.ones((1, 5, 64), np.float32), np.ones((1, 4), bool)
+    # the client never sends such a request
+    backend = TritonBackend(abmil_server.http_url, "abmil")
+    before = _request_count(abmil_server.http_url, "abmil")
+    with pytest.raises(ServingError) as caught:
+        backend.run({"features": features, "mask": mask})
+    backend.close()
+    assert str(caught.value) == (
+        f"request to {abmil_server.http_url}, model 'abmil', not sent: features has shape (1, 5, 64) and mask "
+        "(1, 4): they disagree on N, the number of instances (5 vs 4)"
+    )
+    assert _request_count(abmil_server.http_url, "abmil") == before
+
+    # and the served model.py answers another client's such request naming the inputs, not onnxruntime's nodes
+    client = tritonclient.http.InferenceServerClient(abmil_server.http_url.removeprefix("http://"))
+    inputs = [tritonclient.http.InferInput("features", [1, 5, 64], "FP32"),
+              tritonclient.http.InferInput("mask", [1, 4], "BOOL")]
+    inputs[0].set_data_from_numpy(features)
+    inputs[1].set_data_from_numpy(mask)
+    with pytest.raises(InferenceServerException) as answer:
+        client.infer("abmil", inputs)
+    client.close()
+    assert answer.value.message() == (
+        "features has shape (1, 5, 64) and mask (1, 4): they disagree on n_instances (5 vs 4)"
+    )
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shared_memory_predict_leaks_no_region_even_where_a_dead_run_had_this_pid(abmil_server, tmp_path, protocol):
+    """In a container every run may get the same pid; regions a killed run left in /dev/shm must not be taken
+    over (Python's resource tracker then reports them leaked at exit), nor removed: they are not ours."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([3, 40, 7, 120, 1, 60]):
+        np.save(tmp_path / f"bag{i}.npy", rng.normal(size=(n, 64)).astype(np.float32))
+    url = abmil_server.http_url if protocol == "http" else abmil_server.grpc_url
+    script = (
+        "import os, sys\n"
+        "stale = [f'/dev/shm/milsdk_{os.getpid()}_{i}' for i in range(3)]\n"
+        "for path in stale:\n"
+        "    with open(path, 'wb') as f:\n"
+        "        f.truncate(1 << 16)\n"
+        "print('\\n'.join(stale), flush=True)\n"
+        "from milsdk.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "predict", url, str(tmp_path), "--model-name", "abmil", "--shared-memory",
+         "--max-batch-size", "2", "--out", str(tmp_path / "p.csv"), "-q", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    stale = [Path(line) for line in done.stdout.splitlines() if line.startswith("/dev/shm/")]
+    try:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "leaked shared_memory" not in done.stderr and "resource_tracker" not in done.stderr
+        assert "6 of 6 bags predicted" in done.stderr
+        assert len(stale) == 3 and all(p.stat().st_size == 1 << 16 for p in stale)  # untouched
+        pid = stale[0].name.split("_")[1]
+        assert sorted(Path("/dev/shm").glob(f"milsdk_{pid}_*")) == sorted(stale)  # none of ours left behind
+    finally:
+        for path in stale:
+            path.unlink(missing_ok=True)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import threading
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
-from milsdk.errors import ArtifactError, ServerUnavailableError, ServingError
+from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo, input_shape_error
+from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError
 from milsdk.serving.backends import first_line
 
 __all__ = ["TritonBackend", "parse_triton_url"]
@@ -38,19 +39,22 @@ def parse_triton_url(url: str, protocol: str = "http") -> tuple[str, str, bool]:
 
     ``http://h:8000``, ``https://h``, ``grpc://h:8001`` and a bare ``h:8000`` (then ``protocol`` decides) are
     accepted; a scheme that contradicts ``protocol`` is an error.
+
+    Raises:
+        ServerURLError: an unknown protocol or scheme (``ftp://...``), or a scheme contradicting ``protocol``.
     """
     if protocol not in ("http", "grpc"):
-        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        raise ServerURLError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
     if "://" not in url:
         return url.rstrip("/"), protocol, False
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     by_scheme = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
     if scheme not in by_scheme:
-        raise ValueError(f"{url}: unknown scheme {scheme!r}, expected http, https, grpc or grpcs")
+        raise ServerURLError(f"{url}: unsupported URL scheme {scheme!r}, expected http, https, grpc or grpcs")
     proto, ssl = by_scheme[scheme]
     if scheme in ("http", "https") and protocol == "grpc":
-        raise ValueError(f"{url}: an {scheme} URL with protocol='grpc'; use grpc://host:port for gRPC")
+        raise ServerURLError(f"{url}: an {scheme} URL with protocol='grpc'; use grpc://host:port for gRPC")
     return (parts.netloc + parts.path).rstrip("/"), proto, ssl
 
 
@@ -184,9 +188,14 @@ class TritonBackend:
 
         Raises:
             ServerUnavailableError: the server is down, restarting, or the model is not ready (worth retrying).
-            ServingError: the server answered with an error for this batch.
+            ServingError: the inputs disagree on their shared axes (B, N, E; the request is not sent), or the
+                server answered with an error for this batch.
         """
         arrays = {name: self._as_config_dtype(name, inputs[name]) for name in self.info.inputs}
+        # the server would answer with its runtime's internal node names; say it in the contract's words, unsent
+        problem = input_shape_error({name: array.shape for name, array in arrays.items()})
+        if problem is not None:
+            raise ServingError(f"request to {self.url}, model {self.model_name!r}, not sent: {problem}")
         for attempt in (0, 1):
             try:
                 client = self._client()
@@ -309,10 +318,12 @@ class TritonBackend:
             regions, self._regions = self._regions, []
             clients, self._clients = self._clients, []
         helper = clients[0] if clients else None
-        for region in regions:
-            region.destroy(helper)
-        for client in clients:
-            _close_quietly(client)
+        try:
+            for region in regions:
+                region.destroy(helper)
+        finally:  # a region that cannot be freed must not keep the connections open
+            for client in clients:
+                _close_quietly(client)
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -320,15 +331,23 @@ class TritonBackend:
 
 
 class _ShmRegion:
-    """A POSIX shared-memory region registered with the server."""
+    """A POSIX shared-memory region registered with the server.
+
+    Its name is unique across processes, not only within this one: a process id is reused (in a container every
+    run may be pid 1 or 7), and tritonclient by default *attaches* to an existing region of the same name. A
+    name made of the pid and a counter alone therefore attached to the regions a killed run with the same pid
+    had left in /dev/shm (never unlinked: Python's resource tracker then reported "leaked shared_memory
+    objects" at exit), or, between two live clients in different pid namespaces on one host, to each other's
+    regions (one overwriting the other's tensors). A random part and ``create_only`` rule both out.
+    """
 
     def __init__(self, client: Any, size: int) -> None:
         import tritonclient.utils.shared_memory as shm
 
         self._shm = shm
         self.size = int(size)
-        self.name = f"milsdk_{os.getpid()}_{next(_region_ids)}"
-        self.handle = shm.create_shared_memory_region(self.name, "/" + self.name, self.size)
+        self.name = f"milsdk_{os.getpid()}_{secrets.token_hex(6)}_{next(_region_ids)}"
+        self.handle = shm.create_shared_memory_region(self.name, "/" + self.name, self.size, create_only=True)
         try:
             client.register_system_shared_memory(self.name, "/" + self.name, self.size)
         except Exception:
