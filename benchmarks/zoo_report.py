@@ -13,6 +13,7 @@ README.md between the ``<!-- zoo-table -->`` markers. Not a test: it states what
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -27,10 +28,11 @@ import numpy as np
 import onnxruntime
 import torch
 
-from milsdk.contract import COORDS, FEATURES
+from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES
 from milsdk.export.signature import DeploymentModule
 from milsdk.models import get_model_class, list_models
 from milsdk.utils.checkpoint import load_checkpoint, save_checkpoint
+from milsdk.utils.graph import coords_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,7 +47,29 @@ def grid_coords(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_bag(n: int, dim: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {FEATURES: rng.standard_normal((n, dim), dtype=np.float32), COORDS: grid_coords(n, rng)}
+    """Features, coords and the 8-neighbour graph of the coords (what the client builds for graph models)."""
+    coords = grid_coords(n, rng)
+    edge_index, edge_weight = coords_graph(coords)
+    return {
+        FEATURES: rng.standard_normal((n, dim), dtype=np.float32),
+        COORDS: coords,
+        EDGE_INDEX: edge_index,
+        EDGE_WEIGHT: edge_weight,
+    }
+
+
+def extra_inputs(model: torch.nn.Module, bag: dict[str, np.ndarray], for_loss: bool = False) -> dict[str, torch.Tensor]:
+    """A model's extra forward (or, ``for_loss``, compute_loss) inputs for one bag, batched."""
+    wanted = set(model.extra_inputs)
+    if for_loss and "adj" in inspect.signature(model.compute_loss).parameters:
+        wanted.add("adj")
+    out = {}
+    if "coords" in wanted:
+        out["coords"] = torch.from_numpy(bag[COORDS])[None]
+    if "adj" in wanted:
+        out["edge_index"] = torch.from_numpy(bag[EDGE_INDEX])[None]
+        out["edge_weight"] = torch.from_numpy(bag[EDGE_WEIGHT])[None]
+    return out
 
 
 def train_checkpoint(name: str, dim: int, steps: int, path: Path, seed: int = 0) -> Path:
@@ -65,7 +89,7 @@ def train_checkpoint(name: str, dim: int, steps: int, path: Path, seed: int = 0)
         if y:
             bag[FEATURES][: max(1, n // 4), y] += 2.0
         X = torch.from_numpy(bag[FEATURES])[None]
-        extra = {"coords": torch.from_numpy(bag[COORDS])[None]} if "coords" in model.extra_inputs else {}
+        extra = extra_inputs(model, bag, for_loss=True)
         _, losses = model.compute_loss(torch.tensor([y]), X, mask=torch.ones(1, n, dtype=torch.bool), **extra)
         optimizer.zero_grad()
         sum(losses.values()).backward()
@@ -96,7 +120,8 @@ def parity_on_unseen_sizes(ckpt: Path, out: Path, sizes: list[int], dim: int) ->
     worst = {"onnx": 0.0, "torchscript": 0.0}
     for n in sizes:
         bag = make_bag(n, dim, rng)
-        feeds = {FEATURES: bag[FEATURES][None], "mask": np.ones((1, n), bool), COORDS: bag[COORDS][None]}
+        feeds = {FEATURES: bag[FEATURES][None], "mask": np.ones((1, n), bool), COORDS: bag[COORDS][None],
+                 EDGE_INDEX: bag[EDGE_INDEX][None], EDGE_WEIGHT: bag[EDGE_WEIGHT][None]}
         feeds = {k: feeds[k] for k in module.input_names}
         tensors = [torch.from_numpy(feeds[k]) for k in module.input_names]
         with torch.inference_mode():
@@ -175,6 +200,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,7,100,999,5003,17000,40000", help="unseen bag sizes")
     parser.add_argument("--peak-size", type=int, default=40_000)
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's model table")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows of results/zoo.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -207,6 +233,11 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+    previous = RESULTS / "zoo.json"
+    if args.merge and previous.exists():
+        done = {r["model"] for r in rows}
+        rows = [r for r in json.loads(previous.read_text()) if r["model"] not in done] + rows
+    rows.sort(key=lambda r: list_models().index(r["model"]) if r["model"] in list_models() else 99)
     text = table(rows)
     header = (
         f"Measured by `python benchmarks/zoo_report.py` on {platform.processor() or platform.machine()}, "

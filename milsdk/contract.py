@@ -183,7 +183,8 @@ class ModelInfo:
         model_name: registered model name, e.g. "ABMIL".
         feature_dim: D, the size of one instance feature vector.
         n_classes: C, number of logits per bag (1 = binary).
-        output_activation: "sigmoid" (C = 1) or "softmax" (C > 1): how logits become probabilities.
+        output_activation: "sigmoid" (C = 1) or "softmax" (C > 1): how logits become probabilities; "risk"
+            for a survival model (C = 1), whose logit is a risk score (higher = earlier event), not a class.
         class_names: C names (binary: the names of the negative and positive class, 2 entries), or empty.
         threshold: probability threshold for the positive label (binary models).
         inputs: the artifact's input names in order, e.g. ["features", "mask"].
@@ -223,7 +224,7 @@ class ModelInfo:
         if missing:
             raise ArtifactError(f"{source}: milsdk metadata lacks {missing}")
         info = cls(**{k: v for k, v in data.items() if k in known})
-        if info.output_activation not in ("sigmoid", "softmax"):
+        if info.output_activation not in ("sigmoid", "softmax", "risk"):
             raise ArtifactError(f"{source}: unknown output_activation {info.output_activation!r}")
         if int(info.feature_dim) < 1 or int(info.n_classes) < 1:
             raise ArtifactError(f"{source}: feature_dim and n_classes must be >= 1")

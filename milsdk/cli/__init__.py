@@ -19,6 +19,7 @@ _COMMANDS = {
     "serve": "milsdk.cli.serve:serve",
     "predict": "milsdk.cli.predict:predict",
     "demo": "milsdk.cli.demo:demo",
+    "convert": "milsdk.cli.convert:convert",
 }
 
 

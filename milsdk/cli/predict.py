@@ -31,7 +31,7 @@ _TRAILING_COLUMNS = ("label", "error")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("preds.csv"), show_default=True,
     help="CSV with one row per bag and the columns bag, file, n_instances, then probability (binary model: of "
-    "the positive class) or prob_<class> per class (multi-class), then label, error. n_instances is empty for a "
+    "the positive class) or prob_<class> per class (multi-class) or risk (survival model), then label, error. n_instances is empty for a "
     "file that could not be read.",
 )
 @click.option(
@@ -124,7 +124,8 @@ def predict(
     out.parent.mkdir(parents=True, exist_ok=True)
     info = client.info
     probability_columns = (
-        ["probability"] if info.n_classes == 1 else [f"prob_{name}" for name in _class_names(info)]
+        ["risk"] if info.output_activation == "risk"
+        else ["probability"] if info.n_classes == 1 else [f"prob_{name}" for name in _class_names(info)]
     )
     n_ok = n_failed = 0
     bar = tqdm(total=len(files), unit="bag", desc=f"predict {info.model_name}", disable=not progress)
@@ -156,9 +157,8 @@ def predict(
             from milsdk.visualize import save_bag_heatmap
 
             def write_heatmap(pred: BagPrediction, _: Path) -> None:
-                probability = float(pred.probabilities.max() if info.n_classes > 1 else pred.probabilities[0])
                 save_bag_heatmap(heatmaps, pred.name, pred.attention, coords=coords[pred.index],
-                                 title=f"{pred.name}: {pred.label_name} (p = {probability:.2f})")
+                                 title=f"{pred.name}: {_score(pred)}")
 
             prediction_writers.append(write_heatmap)
         if not quiet:
@@ -249,10 +249,17 @@ def _class_names(info) -> list[str]:
     return names if len(names) == info.n_classes else [str(c) for c in range(info.n_classes)]
 
 
+def _score(pred) -> str:
+    """The bag's label and probability (``tumor, p=0.912``), or a survival model's risk (``risk 1.234``)."""
+    if pred.label is None:
+        return f"risk {float(pred.probabilities[0]):.4g}"
+    probability = float(pred.probabilities[pred.label] if pred.probabilities.size > 1 else pred.probabilities[0])
+    return f"{pred.label_name}, p={probability:.3f}"
+
+
 def _summary(pred, top_k: int) -> str:
     """One line: the bag's label, its probability, size and top-attended instances."""
-    probability = float(pred.probabilities[pred.label] if pred.probabilities.size > 1 else pred.probabilities[0])
-    line = f"{pred.name}: {pred.label_name} (p={probability:.3f}, {pred.n_instances} instances)"
+    line = f"{pred.name}: {_score(pred)} ({pred.n_instances} instances)"
     if top_k > 0:
         top = np.argsort(-pred.attention, kind="stable")[:top_k]
         line += "; top instances " + ", ".join(f"#{i} ({pred.attention[i]:.3f})" for i in top)

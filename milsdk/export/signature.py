@@ -238,7 +238,9 @@ def model_info(
         model_name=name,
         feature_dim=feature_dim,
         n_classes=n_classes,
-        output_activation="sigmoid" if n_classes == 1 else "softmax",
+        output_activation=(
+            "risk" if getattr(model.criterion, "survival", False) else "sigmoid" if n_classes == 1 else "softmax"
+        ),
         class_names=class_names,
         threshold=threshold,
         inputs=inputs,

@@ -30,3 +30,33 @@ __all__ = [
     "TransformerABMIL",
     "VAEABMIL",
 ]
+
+from milsdk.models.camil import CAMIL  # noqa: E402
+
+__all__ += ["CAMIL"]
+
+from milsdk.models.gtp import GTP  # noqa: E402
+
+__all__ += ["GTP"]
+
+from milsdk.models.prob_smooth_abmil import ProbSmoothABMIL, SmoothABMIL  # noqa: E402
+
+__all__ += ["ProbSmoothABMIL", "SmoothABMIL"]
+
+from milsdk.models.transformer_prob_smooth_abmil import TransformerProbSmoothABMIL  # noqa: E402
+
+__all__ += ["TransformerProbSmoothABMIL"]
+
+from milsdk.models.sm_abmil import SmABMIL  # noqa: E402
+from milsdk.models.sm_transformer_abmil import SmTransformerABMIL  # noqa: E402
+
+__all__ += ["SmABMIL", "SmTransformerABMIL"]
+
+from milsdk.models.deepgraphsurv import DeepGraphSurv  # noqa: E402
+from milsdk.models.patch_gcn import PatchGCN  # noqa: E402
+
+__all__ += ["DeepGraphSurv", "PatchGCN"]
+
+from milsdk.models.from_torchmil import from_torchmil  # noqa: E402
+
+__all__ += ["from_torchmil"]

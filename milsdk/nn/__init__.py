@@ -49,3 +49,33 @@ __all__ += [
     "iRPETransformerEncoder",
     "iRPETransformerLayer",
 ]
+
+from milsdk.nn.attention import NeighbourAttention  # noqa: E402
+
+__all__ += ["NeighbourAttention"]
+
+from milsdk.nn.gnns import ChebConv, DeepGCNLayer, GCNConv, GNNIdentity, dense_mincut_pool  # noqa: E402
+
+__all__ += ["ChebConv", "DeepGCNLayer", "GCNConv", "GNNIdentity", "dense_mincut_pool"]
+
+from milsdk.nn.attention import ProbSmoothAttentionPool  # noqa: E402
+
+__all__ += ["ProbSmoothAttentionPool"]
+
+from milsdk.nn.attention import SmAttentionPool, SmMultiheadSelfAttention  # noqa: E402
+from milsdk.nn.sm import ApproxSm, ExactSm, Sm  # noqa: E402
+from milsdk.nn.transformers import SmTransformerEncoder, SmTransformerLayer  # noqa: E402
+
+__all__ += [
+    "ApproxSm",
+    "ExactSm",
+    "Sm",
+    "SmAttentionPool",
+    "SmMultiheadSelfAttention",
+    "SmTransformerEncoder",
+    "SmTransformerLayer",
+]
+
+from milsdk.nn.transformers import Encoder  # noqa: E402
+
+__all__ += ["Encoder"]

@@ -82,6 +82,12 @@ def resolve_edges(
             # a dense adjacency's edge count is data: scripted (deployed) models take the edge list itself
             raise ValueError("a scripted graph model takes edge_index (B, 2, E), not adj")
         else:
+            if adj.dim() != 3 or adj.shape[1] != adj.shape[2] or adj.shape[1] != X.shape[1]:
+                # e.g. a (B, N) mask passed positionally into the adj slot (the reference's
+                # ProbSmoothABMIL.predict)
+                raise ValueError(
+                    f"adj must be (B, N, N) with N = {X.shape[1]} instances, got shape {tuple(adj.shape)}"
+                )
             edge_index, edge_weight = edge_list_from_adj(adj)
     edge_index = edge_index.to(device=X.device, dtype=torch.long)
     work_dtype = torch.promote_types(X.dtype, torch.float32)

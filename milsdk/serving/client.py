@@ -46,8 +46,10 @@ class BagPrediction:
         index: the bag's position in the input.
         name: the bag's ``name`` (dict bags) or its index as a string.
         logits: (C,) float32 bag logits (C = 1 for a binary model); None on error.
-        probabilities: (C,) float32: sigmoid of the logit (binary: the positive class) or softmax; None on error.
-        label: predicted class index (binary: 1 when the probability >= the model's threshold); None on error.
+        probabilities: (C,) float32: sigmoid of the logit (binary: the positive class) or softmax; for a survival
+            model (metadata output_activation "risk") the risk score itself; None on error.
+        label: predicted class index (binary: 1 when the probability >= the model's threshold); None on error
+            and for a survival model.
         label_name: the class name of ``label`` from the model's metadata, else ``str(label)``; None on error.
         attention: (N_i,) float32 instance attention of this bag (padding removed, sums to 1); None on error.
         error: one line saying what is wrong with this bag, or None.
@@ -442,6 +444,11 @@ class MILClient:
         info = self.info
         logits = np.asarray(logits, dtype=np.float32)
         z = logits.astype(np.float64)
+        if info.output_activation == "risk":  # a survival model: the score is the risk, there is no class
+            return BagPrediction(
+                index=index, name=bag["name"], logits=logits, probabilities=logits.copy(), label=None,
+                label_name="", attention=np.array(attention, dtype=np.float32),
+            )
         if info.output_activation == "sigmoid":
             probabilities = 1.0 / (1.0 + np.exp(-z))
             label = int(probabilities[-1] >= info.threshold) if probabilities.size == 1 else int(np.argmax(z))

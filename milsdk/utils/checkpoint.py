@@ -15,6 +15,7 @@ at save time with a clear message.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import pickle
@@ -70,12 +71,24 @@ class Checkpoint:
 
 
 # -- config encoding ------------------------------------------------------------------------------------------
+#: milsdk's own losses a checkpoint can rebuild (besides torch.nn's): name -> module.
+_MILSDK_LOSSES = {"CoxPHLoss": "milsdk.nn.survival", "SmoothTop1SVM": "milsdk.nn.smooth_top1_svm"}
+
+
+def _loss_class(name: str) -> type | None:
+    """The loss class a checkpoint names: torch.nn's, or one of :data:`_MILSDK_LOSSES`."""
+    if name in _MILSDK_LOSSES:
+        return getattr(importlib.import_module(_MILSDK_LOSSES[name]), name)
+    cls = getattr(torch.nn, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, torch.nn.modules.loss._Loss) else None
+
+
 def _encode_loss(loss: torch.nn.Module) -> dict[str, Any]:
     cls = type(loss)
-    if getattr(torch.nn, cls.__name__, None) is not cls:
+    if _loss_class(cls.__name__) is not cls:
         raise CheckpointError(
-            f"criterion {cls.__name__} is not a torch.nn loss, so a checkpoint cannot rebuild it; "
-            "use a torch.nn loss or save model.state_dict() yourself"
+            f"criterion {cls.__name__} is not a torch.nn or milsdk loss, so a checkpoint cannot rebuild it; "
+            "use one of those or save model.state_dict() yourself"
         )
     kwargs = {}
     for name in inspect.signature(cls.__init__).parameters:
@@ -95,7 +108,7 @@ def _encode(value: Any, where: str) -> Any:
         return {str(k): _encode(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, torch.nn.Identity):
         return None
-    if isinstance(value, torch.nn.modules.loss._Loss):
+    if isinstance(value, torch.nn.modules.loss._Loss) or type(value).__name__ in _MILSDK_LOSSES:
         return _encode_loss(value)
     if isinstance(value, torch.nn.Module):
         raise CheckpointError(
@@ -108,8 +121,8 @@ def _encode(value: Any, where: str) -> Any:
 def _decode(value: Any) -> Any:
     if isinstance(value, dict):
         if "__loss__" in value:
-            cls = getattr(torch.nn, str(value["__loss__"]), None)
-            if cls is None or not issubclass(cls, torch.nn.modules.loss._Loss):
+            cls = _loss_class(str(value["__loss__"]))
+            if cls is None:
                 raise CheckpointError(f"unknown loss {value['__loss__']!r}")
             kwargs = {
                 k: (torch.tensor(v) if isinstance(v, list) else v) for k, v in value.get("kwargs", {}).items()

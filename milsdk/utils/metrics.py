@@ -1,4 +1,4 @@
-"""Bag-level classification metrics computed from raw logits, plus a running mean for losses.
+"""Bag-level classification metrics and the survival C-index from raw logits, plus a running mean for losses.
 
 Every metric follows the torchmetrics protocol the Trainer relies on (``update`` / ``compute`` / ``reset`` /
 ``to``), so a torchmetrics object can be used in their place. Unlike torchmetrics, inputs are **always
@@ -21,7 +21,18 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["AUROC", "F1", "Accuracy", "BalancedAccuracy", "Mean", "Metric", "binary_auroc", "default_metrics"]
+__all__ = [
+    "AUROC",
+    "F1",
+    "Accuracy",
+    "BalancedAccuracy",
+    "ConcordanceIndex",
+    "Mean",
+    "Metric",
+    "binary_auroc",
+    "concordance_index",
+    "default_metrics",
+]
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -337,9 +348,86 @@ class AUROC(Metric):
         return sum(values) / len(values) if values else float("nan")
 
 
+def concordance_index(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> float:
+    r"""Harrell's concordance index of risk scores against censored survival times.
+
+    .. math:: C = \frac{\sum_{i,j} \mathbb{1}[t_i < t_j,\, e_i]\,\big(\mathbb{1}[r_i > r_j]
+              + \tfrac12 \mathbb{1}[r_i = r_j]\big)}{\sum_{i,j} \mathbb{1}[t_i < t_j,\, e_i]}
+
+    A pair is comparable when the earlier time is an observed event (pairs with equal times are not); it is
+    concordant when the earlier one has the higher risk; tied risks count one half. 1 = perfect ranking,
+    0.5 = random or constant scores, 0 = reversed. Pairs are counted in row blocks: O(n^2) time, O(n) memory
+    per block row.
+
+    Args:
+        risk: (n,) risk scores, higher = shorter expected survival (the model's logit).
+        time: (n,) follow-up times.
+        event: (n,) 1 / True = event observed, 0 = censored.
+
+    Returns:
+        C in [0, 1], or NaN when no pair is comparable.
+    """
+    risk, time = risk.reshape(-1).double(), time.reshape(-1).double()
+    event = event.reshape(-1) != 0
+    concordant, comparable = 0.0, 0.0
+    for start in range(0, risk.numel(), 1024):
+        r, t, e = risk[start : start + 1024], time[start : start + 1024], event[start : start + 1024]
+        pairs = (t.unsqueeze(1) < time.unsqueeze(0)) & e.unsqueeze(1)
+        higher, tied = r.unsqueeze(1) > risk.unsqueeze(0), r.unsqueeze(1) == risk.unsqueeze(0)
+        score = higher.double() + 0.5 * tied.double()
+        concordant += float((score * pairs).sum())
+        comparable += float(pairs.sum())
+    return concordant / comparable if comparable > 0 else float("nan")
+
+
+class ConcordanceIndex(Metric):
+    """Harrell's C-index of survival models (:func:`concordance_index`), over every bag seen.
+
+    ``update(logits, Y)``: ``logits`` (B,) or (B, 1) risk scores (higher = higher hazard); ``Y`` (B, 2) rows
+    ``[time, event]`` (event 1 = observed, 0 = censored), the survival targets of ``milsdk.nn.survival``. Use
+    it in the Trainer with ``metrics_dict={"c_index": ConcordanceIndex()}, obj_metric="c_index"``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._add_state("risks", "cat")
+        self._add_state("times", "cat")
+        self._add_state("events", "cat")
+
+    def update(self, logits: torch.Tensor, Y: torch.Tensor) -> None:
+        """Add one batch: ``logits`` (B,) / (B, 1), ``Y`` (B, 2) [time, event]."""
+        logits = logits.detach().float()
+        if not _is_binary(logits):
+            raise ValueError(
+                f"ConcordanceIndex: expected one risk score per bag, got logits {tuple(logits.shape)}"
+            )
+        risk = logits.reshape(-1)
+        Y = torch.as_tensor(Y).detach()
+        if Y.dim() != 2 or Y.shape != (risk.numel(), 2):
+            raise ValueError(
+                f"ConcordanceIndex: Y must be (B, 2) rows [time, event] for {risk.numel()} bags, "
+                f"got shape {tuple(Y.shape)}"
+            )
+        self.risks.append(risk.to(self.device))
+        self.times.append(Y[:, 0].float().to(self.device))
+        self.events.append((Y[:, 1] != 0).float().to(self.device))
+
+    def compute(self) -> float:
+        """C in [0, 1] (NaN when no pair is comparable)."""
+        states = self._states()
+        return concordance_index(states["risks"].cpu(), states["times"].cpu(), states["events"].cpu())
+
+
 def default_metrics(names: Sequence[str] = ("accuracy", "auroc")) -> dict[str, Metric]:
-    """Fresh metric objects by name: ``accuracy``, ``balanced_accuracy``, ``f1``, ``auroc``."""
-    known = {"accuracy": Accuracy, "balanced_accuracy": BalancedAccuracy, "f1": F1, "auroc": AUROC}
+    """Fresh metric objects by name: ``accuracy``, ``balanced_accuracy``, ``f1``, ``auroc``, ``c_index``
+    (survival: ``Y`` (B, 2) [time, event])."""
+    known = {
+        "accuracy": Accuracy,
+        "balanced_accuracy": BalancedAccuracy,
+        "f1": F1,
+        "auroc": AUROC,
+        "c_index": ConcordanceIndex,
+    }
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown metric name(s) {unknown}; known: {sorted(known)}")

@@ -187,7 +187,7 @@ def test_a_file_given_twice_is_predicted_once(artifacts, slides, tmp_path):
 def test_help_names_the_csv_columns_as_written():
     text = " ".join(CliRunner().invoke(main, ["predict", "--help"]).output.split())
     assert "columns bag, file, n_instances, then probability (binary model: of the positive class) or " \
-        "prob_<class> per class (multi-class), then label, error" in text
+        "prob_<class> per class (multi-class) or risk (survival model), then label, error" in text
     assert "probabilities" not in text
     assert "A file given more than once (directly or through its folder) is predicted once" in text
 
@@ -202,3 +202,41 @@ def test_url_with_an_unsupported_scheme_is_one_line(url, slides, tmp_path):
         "expected http, https, grpc or grpcs"
     )
     assert "Traceback" not in result.output and not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+def test_a_graph_model_predicts_feature_files_with_coords_only(tmp_path, fmt):
+    """The same .h5 files (features + pixel coords, no graph) serve a graph model: the client builds each bag's
+    8-neighbour graph from its coords; the probabilities equal eager PyTorch on that graph."""
+    from milsdk.export.signature import DeploymentModule
+    from milsdk.models import create_model
+    from milsdk.utils.graph import coords_graph
+
+    torch.manual_seed(0)
+    model = create_model("PatchGCN", in_shape=(D,), hidden_dim=8, att_dim=8, n_gcn_layers=2).eval()
+    exporter = export_onnx if fmt == "onnx" else export_torchscript
+    path = exporter(model, tmp_path / f"patchgcn.{fmt}")
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    bags = {}
+    for name, n in (("s1", 40), ("s2", 9), ("s3", 1)):
+        cells = rng.permutation(64)[:n]
+        coords = np.stack([cells // 8, cells % 8], axis=1) * 512  # level-0 pixels of 512 px patches
+        features = rng.normal(size=(n, D)).astype(np.float32)
+        with h5py.File(folder / f"{name}.h5", "w") as f:
+            f["features"], f["coords"] = features, coords
+        bags[name] = (features, coords)
+    out = tmp_path / "preds.csv"
+    result = run(path, folder, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    module = DeploymentModule(model)
+    for row in rows(out):
+        features, coords = bags[row["bag"]]
+        edge_index, edge_weight = coords_graph(coords)
+        with torch.no_grad():
+            logits, _ = module(
+                torch.from_numpy(features)[None], torch.ones(1, len(features), dtype=torch.bool),
+                torch.from_numpy(edge_index)[None], torch.from_numpy(edge_weight)[None],
+            )
+        assert float(row["probability"]) == pytest.approx(float(torch.sigmoid(logits[0, 0])), abs=1e-5)

@@ -10,13 +10,14 @@ PyTorch on each bag alone. A new model needs no edit here.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from milsdk.contract import COORDS, FEATURES
+from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, MASK
 from milsdk.export.artifact import read_model_info
 from milsdk.export.onnx import export_onnx
 from milsdk.export.signature import DeploymentModule
@@ -24,6 +25,8 @@ from milsdk.export.torchscript import export_torchscript
 from milsdk.export.verify import VerificationPlan, verify_export
 from milsdk.models import MILModel, get_model_class, list_models
 from milsdk.serving import MILClient
+from milsdk.serving.planner import pad_batch
+from milsdk.utils.graph import coords_graph
 from milsdk.utils.checkpoint import load_checkpoint, save_checkpoint
 
 D = 12
@@ -53,45 +56,81 @@ def grid_coords(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_bags(sizes: list[int], seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Bags {features (n, D), coords (n, 2)} of the given sizes."""
+    """Bags {features (n, D), coords (n, 2), edge_index (2, E), edge_weight (E,)} of the given sizes; the edges
+    are the 8-neighbour graph of the coords (what the client builds from coords)."""
     rng = np.random.default_rng(seed)
-    return [
-        {FEATURES: rng.standard_normal((n, D)).astype(np.float32), COORDS: grid_coords(n, rng)} for n in sizes
-    ]
+    bags = []
+    for n in sizes:
+        coords = grid_coords(n, rng)
+        edge_index, edge_weight = coords_graph(coords)
+        bags.append(
+            {
+                FEATURES: rng.standard_normal((n, D)).astype(np.float32),
+                COORDS: coords,
+                EDGE_INDEX: edge_index,
+                EDGE_WEIGHT: edge_weight,
+            }
+        )
+    return bags
 
 
 def batch(
     bags: list[dict[str, np.ndarray]], n: int | None = None, fill: float = 0.0, mask_dtype=torch.bool
 ) -> dict[str, torch.Tensor]:
-    """Pad bags to ``n`` instances (default the largest), padding filled with ``fill`` (features and coords)."""
+    """Pad bags to ``n`` instances (default the largest), padding filled with ``fill`` (features and coords).
+
+    Returns X, mask, coords, the dense adjacency ``adj`` (B, n, n) (the training form, as collate_fn gives it)
+    and the padded edge list ``edge_index`` / ``edge_weight`` (the serving form, as the client pads it).
+    """
     n = n or max(len(b[FEATURES]) for b in bags)
     X = torch.full((len(bags), n, D), fill)
     coords = torch.full((len(bags), n, 2), fill)
     mask = torch.zeros(len(bags), n, dtype=mask_dtype)
+    adj = torch.zeros(len(bags), n, n)
     for i, b in enumerate(bags):
         k = len(b[FEATURES])
         X[i, :k] = torch.from_numpy(b[FEATURES])
         coords[i, :k] = torch.from_numpy(b[COORDS])
         mask[i, :k] = 1
-    return {"X": X, "mask": mask, "coords": coords}
+        rows, cols = torch.from_numpy(b[EDGE_INDEX])
+        adj[i, rows, cols] = torch.from_numpy(b[EDGE_WEIGHT])
+    edges = pad_batch(bags, n, [FEATURES, EDGE_INDEX, EDGE_WEIGHT])
+    return {
+        "X": X,
+        "mask": mask,
+        "coords": coords,
+        "adj": adj,
+        EDGE_INDEX: torch.from_numpy(edges[EDGE_INDEX]),
+        EDGE_WEIGHT: torch.from_numpy(edges[EDGE_WEIGHT]),
+    }
 
 
-def extra_kwargs(model: MILModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The extra forward inputs the model declares (``coords``), from a batch."""
-    return {key: inputs[key] for key in model.extra_inputs}
+def extra_kwargs(model: MILModel, inputs: dict[str, torch.Tensor], graph: str = "adj") -> dict[str, torch.Tensor]:
+    """The extra forward inputs the model declares, from a batch: ``coords``; for graph models the dense ``adj``
+    (``graph="adj"``, the training form) or the edge list (``graph="edges"``, the serving form)."""
+    out = {key: inputs[key] for key in model.extra_inputs if key != "adj"}
+    if "adj" in model.extra_inputs:
+        if graph == "adj":
+            out["adj"] = inputs["adj"]
+        elif graph == "sparse":
+            out["adj"] = inputs["adj"].to_sparse()
+        else:
+            out[EDGE_INDEX], out[EDGE_WEIGHT] = inputs[EDGE_INDEX], inputs[EDGE_WEIGHT]
+    return out
 
 
 def deploy(module: DeploymentModule, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The deployment signature on a batch: (logits (B, C), attention (B, N))."""
-    args = {"features": inputs["X"], "mask": inputs["mask"].bool(), "coords": inputs["coords"]}
+    args = {FEATURES: inputs["X"], MASK: inputs["mask"].bool(), COORDS: inputs["coords"],
+            EDGE_INDEX: inputs[EDGE_INDEX], EDGE_WEIGHT: inputs[EDGE_WEIGHT]}
     with torch.no_grad():
         return module(*[args[name] for name in module.input_names])
 
 
-def run(model: MILModel, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def run(model: MILModel, inputs: dict[str, torch.Tensor], graph: str = "adj") -> tuple[torch.Tensor, torch.Tensor]:
     """Eager forward with attention, no grad."""
     with torch.no_grad():
-        return model(inputs["X"], inputs["mask"], return_att=True, **extra_kwargs(model, inputs))
+        return model(inputs["X"], mask=inputs["mask"], return_att=True, **extra_kwargs(model, inputs, graph))
 
 
 def synthetic_task(
@@ -108,8 +147,29 @@ def synthetic_task(
     return batch(bags), torch.from_numpy(labels)
 
 
-def total_loss(model: MILModel, inputs: dict[str, torch.Tensor], Y: torch.Tensor) -> torch.Tensor:
-    _, losses = model.compute_loss(Y, inputs["X"], mask=inputs["mask"], **extra_kwargs(model, inputs))
+def takes_graph(model: MILModel) -> bool:
+    """Whether the model uses a graph: in forward (``extra_inputs``) or only in its training loss (a
+    ``compute_loss`` argument named ``adj``, which the Trainer routes by name)."""
+    return "adj" in model.extra_inputs or "adj" in inspect.signature(model.compute_loss).parameters
+
+
+def loss_kwargs(model: MILModel, inputs: dict[str, torch.Tensor], graph: str = "adj") -> dict[str, torch.Tensor]:
+    """What the Trainer passes to compute_loss besides Y, X and mask: the extra inputs, and the graph when the
+    loss takes one."""
+    kwargs = extra_kwargs(model, inputs, graph)
+    if "adj" not in model.extra_inputs and takes_graph(model):
+        kwargs.update(extra_kwargs(_WithGraph, inputs, graph))
+    return kwargs
+
+
+class _WithGraph:
+    extra_inputs = ("adj",)
+
+
+def total_loss(
+    model: MILModel, inputs: dict[str, torch.Tensor], Y: torch.Tensor, graph: str = "adj"
+) -> torch.Tensor:
+    _, losses = model.compute_loss(Y, inputs["X"], mask=inputs["mask"], **loss_kwargs(model, inputs, graph))
     assert losses and all(torch.isfinite(v) for v in losses.values()), losses
     return sum(losses.values())
 
@@ -156,7 +216,7 @@ def test_eval_is_deterministic_and_outputs_have_the_contract_shapes(name, n_clas
     again_logits, again_att = run(model, inputs)
     assert torch.equal(logits, again_logits) and torch.equal(att, again_att)
     assert logits.shape == ((3,) if n_classes == 1 else (3, n_classes)) and att.shape == (3, 12)
-    assert torch.equal(model.predict(inputs["X"], inputs["mask"], **extra_kwargs(model, inputs))[0], logits)
+    assert torch.equal(model.predict(inputs["X"], mask=inputs["mask"], **extra_kwargs(model, inputs))[0], logits)
 
 
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8], ids=["bool", "uint8"])
@@ -180,12 +240,40 @@ def test_a_bag_does_not_depend_on_its_padding_or_the_other_bags(name, n_classes,
         assert abs(float(dep_att[i, :k].double().sum()) - 1) <= 1e-5 and bool((dep_att[i, :k] >= 0).all())
 
 
+GRAPH_CASES = [case for case in CASES if takes_graph(build(*case.values))]
+
+
+@pytest.mark.parametrize("name,n_classes", GRAPH_CASES)
+def test_a_graph_model_gives_the_same_outputs_from_dense_sparse_adj_and_the_edge_list(name, n_classes):
+    """After 20 training steps, on bags whose sizes the other tests do not use: dense (B, N, N) adj (the
+    training form), sparse adj and the padded edge list (the serving form) give the same outputs and the same
+    eval losses (<= 1e-5)."""
+    model = build(name, n_classes)
+    train_inputs, Y = synthetic_task(n_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(20):
+        optimizer.zero_grad()
+        total_loss(model, train_inputs, Y).backward()
+        optimizer.step()
+    model.eval()
+    inputs = batch(make_bags([2, 23, 11, 1], seed=9), n=29)
+    dense_logits, dense_att = run(model, inputs, graph="adj")
+    Y = torch.tensor([0, 1, 0, 1]) % max(n_classes, 2)
+    with torch.no_grad():
+        dense_loss = total_loss(model, inputs, Y, graph="adj")
+    for graph in ("sparse", "edges"):
+        logits, att = run(model, inputs, graph=graph)
+        assert max_diff(logits, dense_logits) <= 1e-5 and max_diff(att, dense_att) <= 1e-5, graph
+        with torch.no_grad():
+            assert max_diff(total_loss(model, inputs, Y, graph=graph), dense_loss) <= 1e-5, graph
+
+
 @pytest.mark.parametrize("name,n_classes", CASES)
 def test_all_masked_row_and_one_instance_bag_are_finite(name, n_classes):
     model = build(name, n_classes).eval()
     bags = make_bags([1, 6, 4], seed=5)
     inputs = batch(bags)
-    inputs["mask"][2] = False  # a row with no real instance
+    inputs["mask"][2] = False  # a row with no real instance (its edges stay: the model must drop them)
     logits, att = run(model, inputs)
     assert torch.isfinite(logits).all() and torch.isfinite(att).all()
     alone_logits, alone_att = run(model, batch(bags[:2]))
@@ -256,7 +344,8 @@ def test_client_on_the_artifact_equals_eager_on_each_bag_alone(name, n_classes, 
     bags = make_bags([1, 2, 9, 17, 64, 5, 33], seed=11)
     dep = DeploymentModule(model)
     with MILClient.from_path(paths[fmt], max_instances=96) as client:
-        preds = client.predict(bags)
+        # features and coords only, as in a feature file: the client builds a graph model's edges from coords
+        preds = client.predict([{FEATURES: b[FEATURES], COORDS: b[COORDS]} for b in bags])
     assert client.last_run.requests < len(bags) or not model.padding_invariant  # bags were packed together
     for bag, pred in zip(bags, preds):
         assert pred.ok, pred.error

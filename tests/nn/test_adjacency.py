@@ -94,3 +94,11 @@ def test_propagation_exports_to_onnx_with_dynamic_nodes_and_edges(tmp_path):
     got, got_att = session.run(None, {"x": X.numpy(), "edge_index": edge_index.numpy(), "edge_weight": edge_weight.numpy()})
     np.testing.assert_allclose(got, (adj @ X).numpy(), atol=1e-5)
     np.testing.assert_allclose(got_att, edge_softmax(edge_weight, edge_index, edge_weight, 11).numpy(), atol=1e-6)
+
+
+def test_an_adj_of_the_wrong_shape_names_the_shapes():
+    X = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match=r"adj must be \(B, N, N\) with N = 5 instances, got shape \(2, 5\)"):
+        resolve_edges(X, adj=torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"got shape \(2, 4, 4\)"):
+        resolve_edges(X, adj=torch.ones(2, 4, 4))

@@ -5,7 +5,17 @@ import math
 import pytest
 import torch
 
-from milsdk.utils.metrics import AUROC, F1, Accuracy, BalancedAccuracy, Mean, binary_auroc, default_metrics
+from milsdk.utils.metrics import (
+    AUROC,
+    F1,
+    Accuracy,
+    BalancedAccuracy,
+    ConcordanceIndex,
+    Mean,
+    binary_auroc,
+    concordance_index,
+    default_metrics,
+)
 
 
 def test_binary_auroc_hand_case_with_ties():
@@ -96,3 +106,44 @@ def test_to_moves_states_and_default_metrics():
     assert sorted(default_metrics()) == ["accuracy", "auroc"]
     with pytest.raises(ValueError, match="unknown metric"):
         default_metrics(["nope"])
+
+
+# -- concordance index (survival) -----------------------------------------------------------------------------
+def test_c_index_perfect_reversed_and_tied_risks():
+    time = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    event = torch.ones(4)
+    assert concordance_index(torch.tensor([4.0, 3.0, 2.0, 1.0]), time, event) == 1.0  # earlier death, higher risk
+    assert concordance_index(torch.tensor([1.0, 2.0, 3.0, 4.0]), time, event) == 0.0
+    assert concordance_index(torch.zeros(4), time, event) == 0.5
+
+
+def test_c_index_hand_case_with_censoring_and_tied_times():
+    risk = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    time = torch.tensor([1.0, 2.0, 2.0, 4.0])
+    event = torch.tensor([1, 0, 1, 1])
+    # comparable (earlier time is an event): (0,1) (0,2) (0,3) (2,3); bag 1 is censored, (1,2) tie in time
+    # concordant: 0.9>0.1, 0.9>0.5, 0.9>0.3, 0.5>0.3 -> 4 / 4; flip bag 3's risk above bag 2's: 3 / 4
+    assert concordance_index(risk, time, event) == 1.0
+    assert concordance_index(torch.tensor([0.9, 0.1, 0.5, 0.6]), time, event) == 0.75
+    assert math.isnan(concordance_index(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]), torch.zeros(2)))
+
+
+def test_c_index_metric_streams_batches_and_checks_targets():
+    g = torch.Generator().manual_seed(0)
+    risk = torch.randn(2500, generator=g)
+    Y = torch.stack([torch.rand(2500, generator=g) * 10, (torch.rand(2500, generator=g) < 0.7).float()], 1)
+    metric = default_metrics(["c_index"])["c_index"]
+    assert isinstance(metric, ConcordanceIndex)
+    for start in range(0, 2500, 700):
+        metric.update(risk[start : start + 700].reshape(-1, 1), Y[start : start + 700])
+    assert metric.compute() == pytest.approx(concordance_index(risk, Y[:, 0], Y[:, 1]), abs=1e-12)
+    time, event = Y[:, 0].double(), Y[:, 1].bool()
+    pairs = (time[:, None] < time[None, :]) & event[:, None]
+    score = (risk[:, None] > risk[None, :]).double() + 0.5 * (risk[:, None] == risk[None, :]).double()
+    assert metric.compute() == pytest.approx(float((score * pairs).sum() / pairs.sum()), abs=1e-12)
+    metric.reset()
+    assert math.isnan(metric.compute())
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        metric.update(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="one risk score"):
+        metric.update(torch.zeros(3, 2), torch.zeros(3, 2))

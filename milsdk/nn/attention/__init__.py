@@ -21,3 +21,16 @@ __all__ += ["MultiheadCrossAttention", "MultiheadSelfAttention", "memory_efficie
 from milsdk.nn.attention.irpe_multihead_self_attention import iRPEMultiheadSelfAttention  # noqa: E402
 
 __all__ += ["iRPEMultiheadSelfAttention"]
+
+from milsdk.nn.attention.neighbour_attention import NeighbourAttention  # noqa: E402
+
+__all__ += ["NeighbourAttention"]
+
+from milsdk.nn.attention.prob_smooth_attention_pool import ProbSmoothAttentionPool  # noqa: E402
+
+__all__ += ["ProbSmoothAttentionPool"]
+
+from milsdk.nn.attention.sm_attention_pool import SmAttentionPool  # noqa: E402
+from milsdk.nn.attention.sm_multihead_self_attention import SmMultiheadSelfAttention  # noqa: E402
+
+__all__ += ["SmAttentionPool", "SmMultiheadSelfAttention"]

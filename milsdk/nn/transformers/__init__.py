@@ -14,3 +14,7 @@ from milsdk.nn.transformers.irpe_transformer import iRPETransformerEncoder, iRPE
 from milsdk.nn.transformers.t2t import T2TLayer  # noqa: E402
 
 __all__ += ["T2TLayer", "iRPETransformerEncoder", "iRPETransformerLayer"]
+
+from milsdk.nn.transformers.sm_transformer import SmTransformerEncoder, SmTransformerLayer  # noqa: E402
+
+__all__ += ["SmTransformerEncoder", "SmTransformerLayer"]

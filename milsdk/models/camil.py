@@ -1,0 +1,210 @@
+"""CAMIL: context-aware MIL (Fourkioti, De Vries, Bakal, ICLR 2024, "CAMIL: Context-Aware Multiple Instance
+Learning for Cancer Detection and Subtyping in Whole Slide Images"), masked and served from edge lists.
+
+Instance encoder (``feat_ext``, Linear to ``nystrom_att_dim``) -> masked Nyström transformer layer (global
+context T) -> neighbour-constrained attention over the bag's graph (local context L) -> sigmoid gate mixing
+L and T -> attention pooling (scores from T, pooled over the mix) -> linear classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from milsdk.errors import ModelConfigError
+from milsdk.models.mil_model import MILModel
+from milsdk.models.registry import register_model
+from milsdk.nn.adjacency import resolve_edges
+from milsdk.nn.attention import AttentionPool
+from milsdk.nn.attention.neighbour_attention import NeighbourAttention
+from milsdk.nn.linear import LazyLinear
+from milsdk.nn.masked import masked_softmax
+from milsdk.nn.transformers import NystromTransformerLayer
+from milsdk.nn.transformers.layer import linear_or_identity
+
+__all__ = ["CAMIL"]
+
+
+@register_model
+class CAMIL(MILModel):
+    r"""Context-aware MIL with a per-bag mask and an edge-list graph.
+
+    For a bag with instances :math:`h_i = W\,\text{feat\_ext}(x_i) + b` (the Linear only when the feature size
+    differs from ``nystrom_att_dim``, as in the reference) and adjacency :math:`A`:
+
+    .. math::
+        T = \operatorname{NystromLayer}(H, \text{mask}),\qquad
+        L = \operatorname{NeighbourAttention}(T, A),\qquad
+        M = \sigma(L) \odot L + (1 - \sigma(L)) \odot T,
+
+        f_i = w^\top \big(\tanh(V t_i) \odot \sigma(U t_i)\big),\qquad
+        z = \sum_i \operatorname{softmax}_{i \in \text{real}}(f)_i\, m_i,\qquad \hat y = W_c z + b_c
+
+    (the gate :math:`\sigma(U t_i)` only with ``gated_pool``; the attention scores come from the global
+    context T, the pooled vectors from the mix M, as in the paper). :class:`~milsdk.nn.attention.
+    NeighbourAttention` restricts each instance's attention to its graph neighbours, scores per edge and
+    softmax over each node's edges: O(E), never N x N.
+
+    Deviations from the reference (torchmil 1.0.2), each a fix:
+
+    - the Nyström layer gets the mask (the reference never passes it, so padding leaks into real tokens);
+    - ``n_landmarks=None`` means ``max(nystrom_att_dim // 2, 1)`` (as TransMIL), where the reference crashes
+      (defect 8.4);
+    - the neighbour attention is the paper's softmax over each node's neighbours on the edge list, not the
+      reference's densified (N x N) node score softmaxed over the whole bag;
+    - ``adj`` may be dense, sparse or replaced by ``edge_index`` / ``edge_weight`` (the serving form), with
+      the same outputs; edges touching padded instances are dropped;
+    - ``n_classes`` outputs (the reference is binary only).
+
+    Attention (``return_att``): the pool's logits f (B, N) before the masked softmax, as in the reference
+    (``attention_output = "logits"``). Deterministic in eval (only dropout is random).
+
+    Args:
+        in_shape: shape of one instance, e.g. (1024,); None = lazy (inferred at the first forward; the input
+            Linear is then always present).
+        nystrom_att_dim: width of the Nyström layer, the neighbour attention and the pooled vector.
+        pool_att_dim: hidden size of the attention pool.
+        gated_pool: gated attention pooling.
+        n_heads: heads of the Nyström layer (must divide ``nystrom_att_dim``).
+        n_landmarks: maximum Nyström landmarks per bag (None = ``max(nystrom_att_dim // 2, 1)``).
+        pinv_iterations: pseudo-inverse iterations of the Nyström layer.
+        dropout: dropout of the Nyström layer.
+        use_mlp: MLP sub-block in the Nyström layer.
+        feat_ext: instance feature extractor applied to X (default identity).
+        criterion: loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
+        n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
+    """
+
+    extra_inputs = ("adj",)
+    attention_output = "logits"
+    test_config = {"nystrom_att_dim": 16, "pool_att_dim": 8, "n_heads": 2, "n_landmarks": 4}
+    # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
+    __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] | None = None,
+        nystrom_att_dim: int = 512,
+        pool_att_dim: int = 128,
+        gated_pool: bool = False,
+        n_heads: int = 4,
+        n_landmarks: int | None = None,
+        pinv_iterations: int = 6,
+        dropout: float = 0.0,
+        use_mlp: bool = False,
+        feat_ext: torch.nn.Module | None = None,
+        criterion: torch.nn.Module | None = None,
+        n_classes: int = 1,
+    ) -> None:
+        super().__init__()
+        if nystrom_att_dim < 1 or n_heads < 1 or nystrom_att_dim % n_heads != 0:
+            raise ModelConfigError(f"CAMIL: n_heads={n_heads} must divide nystrom_att_dim={nystrom_att_dim}")
+        n_landmarks = max(nystrom_att_dim // 2, 1) if n_landmarks is None else n_landmarks
+        if n_landmarks < 1:
+            raise ModelConfigError(f"CAMIL: n_landmarks must be >= 1, got {n_landmarks}")
+        feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
+        self.n_landmarks = n_landmarks
+        if feat_dim is None:
+            self.fc1: torch.nn.Module = LazyLinear(None, nystrom_att_dim)
+        else:
+            self.fc1 = linear_or_identity(feat_dim, nystrom_att_dim)
+        self.nystrom_transformer_layer = NystromTransformerLayer(
+            in_dim=nystrom_att_dim,
+            att_dim=nystrom_att_dim,
+            n_heads=n_heads,
+            n_landmarks=n_landmarks,
+            pinv_iterations=pinv_iterations,
+            dropout=dropout,
+            use_mlp=use_mlp,
+        )
+        self.neighbour_attention = NeighbourAttention(nystrom_att_dim, att_dim=nystrom_att_dim)
+        self.pool = AttentionPool(in_dim=nystrom_att_dim, att_dim=pool_att_dim, act="tanh", gated=gated_pool)
+        self.classifier = torch.nn.Linear(nystrom_att_dim, n_classes)
+
+    def _forward(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        edge_index: torch.Tensor | None,
+        edge_weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        H = self.fc1(self.feat_ext(X))  # (B, N, d)
+        edge_index, edge_weight = resolve_edges(H, adj, edge_index, edge_weight, mask)
+        T, _ = self.nystrom_transformer_layer.forward_att(H, mask)
+        L, _ = self.neighbour_attention.attend_edges(T, edge_index, edge_weight)
+        gate = torch.sigmoid(L)
+        M = gate * L + (1 - gate) * T
+        f = self.pool.attention_logits(T)  # (B, N)
+        s = masked_softmax(f, mask)
+        z = torch.bmm(s.unsqueeze(1), M).squeeze(1)  # (B, d)
+        return self.squeeze_binary(self.classifier(z)), f
+
+    def forward(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_att: bool = False,
+        edge_index: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Bag logits.
+
+        Args:
+            X: (B, N, *in_shape) instance features.
+            adj: (B, N, N) dense or sparse adjacency (the training form); None when ``edge_index`` is given.
+            mask: (B, N) True / 1 = real instance (bool or uint8); None = all real.
+            return_att: also return the attention logits.
+            edge_index: (B, 2, E) int64 edge list (the serving form; used instead of ``adj``).
+            edge_weight: (B, E) float32 weights of ``edge_index``, padded edges 0 (None = 1).
+
+        Returns:
+            logits (B,) for one output or (B, C); with ``return_att`` also f (B, N), the pool's attention
+            logits before the masked softmax.
+        """
+        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
+        if return_att:
+            return logits, f
+        return logits
+
+    def compute_loss(
+        self,
+        Y: torch.Tensor,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        edge_index: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass and the criterion.
+
+        Args:
+            Y: (B,) bag labels; X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
+
+        Returns:
+            logits (B,) or (B, C); losses ``{criterion name: scalar}``.
+        """
+        logits, _ = self._forward(X, adj, mask, edge_index, edge_weight)
+        return logits, self.bag_loss(logits, Y)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_inst_pred: bool = True,
+        edge_index: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Bag logits and, with ``return_inst_pred``, the attention logits (B, N) as instance scores.
+
+        Args:
+            X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
+        """
+        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
+        if return_inst_pred:
+            return logits, f
+        return logits
