@@ -19,6 +19,11 @@ class DatasetError(MILSDKError, ValueError):
     """A dataset folder or file is missing, unreadable or inconsistent."""
 
 
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset file or folder does not exist: both a ``DatasetError`` and a ``FileNotFoundError`` (what
+    torchmil's datasets raise there), so either ``except`` catches it."""
+
+
 class CheckpointError(MILSDKError, ValueError):
     """A checkpoint file is missing, corrupt, foreign or unsafe."""
 

@@ -42,3 +42,7 @@ __all__ = [
     "coords_to_grid",
     "default_read_file",
 ]
+
+from milsdk.datasets.video import TADMILDataset, VideoClassificationDataset  # noqa: E402
+
+__all__ += ["TADMILDataset", "VideoClassificationDataset"]

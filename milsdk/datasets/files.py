@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from milsdk.errors import DatasetError
+from milsdk.errors import DatasetError, DatasetNotFoundError
 
 __all__ = ["H5_KEYS", "SUPPORTED_EXTENSIONS", "default_read_file", "h5_dataset_names", "read_h5_dataset"]
 
@@ -52,7 +52,7 @@ def read_h5_dataset(path: str | Path, names: tuple[str, ...]) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetNotFoundError(f"{path}: file not found")
     try:
         with h5py.File(path, "r") as f:
             for name in names:
@@ -86,7 +86,7 @@ def default_read_file(file_path: str | Path, key_type: str) -> np.ndarray:
         )
     if ext == ".npy":
         if not path.is_file():
-            raise DatasetError(f"{path}: file not found")
+            raise DatasetNotFoundError(f"{path}: file not found")
         try:
             # Pickled object arrays could run code from the file: refused.
             return np.load(path, allow_pickle=False)

@@ -24,7 +24,7 @@ import torch
 from tensordict import TensorDict
 
 from milsdk.datasets.files import SUPPORTED_EXTENSIONS, default_read_file
-from milsdk.errors import DatasetError, MILSDKError
+from milsdk.errors import DatasetError, DatasetNotFoundError, MILSDKError
 from milsdk.utils.graph import bag_adj
 
 __all__ = ["DEFAULT_BAG_KEYS", "ProcessedMILDataset", "sparse_bag_adj"]
@@ -211,7 +211,7 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
         for q in self._sources():
             folder = getattr(self, _PATH_ARG[q])
             if folder is not None and not folder.is_dir():
-                raise DatasetError(f"{self._ARG_NAMES[q]} {folder}: folder not found")
+                raise DatasetNotFoundError(f"{self._ARG_NAMES[q]} {folder}: folder not found")
 
     def _discover_bag_names(self, bag_names: Iterable[str] | None) -> list[str]:
         if bag_names is not None:
@@ -222,7 +222,7 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
         if self.features_path is None:
             raise DatasetError("features_path is needed to list the bags (or give bag_names)")
         if not self.features_path.is_dir():
-            raise DatasetError(f"features_path {self.features_path}: folder not found")
+            raise DatasetNotFoundError(f"features_path {self.features_path}: folder not found")
         names = sorted(
             p.name[: -len(self.file_ext)]
             for p in self.features_path.iterdir()
@@ -252,7 +252,7 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
         if missing:
             name, q, path = missing[0]
             more = f" ({len(missing) - 1} more missing files)" if len(missing) > 1 else ""
-            raise DatasetError(f"bag '{name}': {_WHAT[q]} file not found: {path}{more}")
+            raise DatasetNotFoundError(f"bag '{name}': {_WHAT[q]} file not found: {path}{more}")
 
     # ---- loading hooks -------------------------------------------------------------------------------------
 

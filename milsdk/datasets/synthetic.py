@@ -13,6 +13,7 @@ always the max of ``y_inst`` (that is the point of the tests).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +28,28 @@ __all__ = [
     "SCStandardMILDataset",
     "ShiftedMeanMILDataset",
     "ToyDataset",
+    "normal_pdf",
 ]
+
+
+def normal_pdf(x: torch.Tensor | float, mu: float = 0.0, sigma: float = 1.0) -> torch.Tensor:
+    r"""Density of :math:`\mathcal{N}(\mu, \sigma^2)` at ``x``, elementwise.
+
+    Args:
+        x: points, any shape (a number or a tensor).
+        mu: mean.
+        sigma: standard deviation (> 0).
+
+    Returns:
+        the densities, shaped like ``x``.
+    """
+    x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    return torch.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2.0 * math.pi))
+
+
+def _normal_distr(mean: float, std: float, D: int) -> torch.distributions.Normal:
+    """The D-dimensional N(mean, std^2 I) the numpy sampler draws from, as the reference's attribute."""
+    return torch.distributions.Normal(torch.full((D,), float(mean)), torch.full((D,), float(std)))
 
 
 def _check_seed(seed: int) -> int:
@@ -123,6 +145,9 @@ class ToyDataset(torch.utils.data.Dataset):
             raise DatasetError(f"num_bags must be >= 1, got {num_bags}")
         if not 0.0 <= pos_class_prob <= 1.0:
             raise DatasetError(f"pos_class_prob must be in [0, 1], got {pos_class_prob}")
+        self.labels = labels
+        self.num_bags = int(num_bags)
+        self.pos_class_prob = pos_class_prob
         self.obj_labels = list(obj_labels)
         self.bag_size = _bag_size_range(bag_size)
         self.seed = _check_seed(seed)
@@ -167,7 +192,12 @@ class ToyDataset(torch.utils.data.Dataset):
 
 
 class _GeneratedMILDataset(torch.utils.data.Dataset):
-    """Base of the unit-test datasets: fixed, shuffled bag labels; bag ``i`` drawn on demand from its own RNG."""
+    """Base of the unit-test datasets: fixed, shuffled bag labels; bag ``i`` drawn on demand from its own RNG.
+
+    The subclasses expose torchmil's attributes ``num_bags``, ``pos_distr`` (the concept distributions),
+    ``neg_distr`` (background) and ``poisoning`` as ``torch.distributions.Normal`` of size D: they describe the
+    distributions; the bags themselves are drawn with the seeded numpy generators, so they are reproducible.
+    """
 
     def __init__(self, num_bags: int, pos_class_prob: float, train: bool, seed: int) -> None:
         super().__init__()
@@ -228,6 +258,9 @@ class FalseFrequencyMILDataset(_GeneratedMILDataset):
     def __init__(self, D: int, num_bags: int, pos_class_prob: float = 0.5, train: bool = True, seed: int = 0):
         self.D = int(D)
         super().__init__(num_bags, pos_class_prob, train, seed)
+        self.pos_distr = [_normal_distr(2.0, 0.1, self.D), _normal_distr(3.0, 0.1, self.D)]
+        self.neg_distr = _normal_distr(0.0, 1.0, self.D)
+        self.poisoning = _normal_distr(-10.0, 0.1, self.D)
 
     def _sample_bag(self, rng: np.random.Generator, Y: int) -> tuple[np.ndarray, np.ndarray]:
         if Y == 1:
@@ -276,6 +309,9 @@ class MCStandardMILDataset(_PoisonedMILDataset):
     def __init__(self, D: int, num_bags: int, pos_class_prob: float = 0.5, train: bool = True, seed: int = 0):
         self.D = int(D)
         super().__init__(num_bags, pos_class_prob, train, seed)
+        self.pos_distr = [_normal_distr(2.0, 0.1, self.D), _normal_distr(3.0, 0.1, self.D)]
+        self.neg_distr = _normal_distr(0.0, 1.0, self.D)
+        self.poisoning = _normal_distr(-10.0, 0.1, self.D)
 
     def _sample_bag(self, rng: np.random.Generator, Y: int) -> tuple[np.ndarray, np.ndarray]:
         if Y == 1:
@@ -313,6 +349,10 @@ class SCStandardMILDataset(_PoisonedMILDataset):
         self.D = int(D)
         self.B = int(B)
         super().__init__(num_bags, pos_class_prob, train, seed)
+        self.pos_distr = [_normal_distr(0.0, 3.0, self.D), _normal_distr(1.0, 1.0, self.D)]
+        self.neg_distr = _normal_distr(0.0, 1.0, self.D)
+        self.neg_dist = self.neg_distr  # torchmil's name for it in this dataset
+        self.poisoning = _normal_distr(-10.0, 0.1, self.D)
 
     def _sample_bag(self, rng: np.random.Generator, Y: int) -> tuple[np.ndarray, np.ndarray]:
         background = _normal(rng, 0.0, 1.0, self.B, self.D)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from milsdk.errors import DatasetError
+from milsdk.errors import DatasetError, DatasetNotFoundError
 
 __all__ = [
     "keep_only_existing_files",
@@ -44,19 +44,19 @@ _SLIDE_EXTENSIONS = {
 }
 
 
-def read_csv(path: str | Path, required_columns: Sequence[str] = ()) -> list[dict[str, str]]:
+def read_csv(file: str | Path, required_columns: Sequence[str] = ()) -> list[dict[str, str]]:
     """Read a CSV file with a header row into one dict per row, checking that the needed columns exist.
 
     Args:
-        path: the CSV file.
+        file: the CSV file (``file``, as torchmil names it).
         required_columns: column names that must be in the header.
 
     Returns:
         rows, each ``{column: value}`` with surrounding whitespace stripped.
     """
-    path = Path(path)
+    path = Path(file)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetNotFoundError(f"{path}: file not found")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -150,7 +150,7 @@ def split_bag_names(
     """
     features_dir = Path(features_dir)
     if not features_dir.is_dir():
-        raise DatasetError(f"{features_dir}: features folder not found")
+        raise DatasetNotFoundError(f"{features_dir}: features folder not found")
     names = read_split(splits_csv, partition)
     kept = keep_only_existing_files(features_dir, names, ext)
     if not kept:

@@ -33,7 +33,22 @@ from milsdk.errors import BagError, ModelConfigError
 from milsdk.nn.linear import get_feat_dim
 from milsdk.nn.masked import masked_softmax, normalize_weights
 
-__all__ = ["MILModel", "MILModelWrapper", "resolve_criterion"]
+__all__ = ["MILModel", "MILModelWrapper", "get_args_names", "resolve_criterion"]
+
+
+def get_args_names(fn: Any) -> tuple[str, ...]:
+    """Names of the positional parameters of ``fn``, without a leading ``self`` (torchmil's helper, used to
+    match bag keys to a method's arguments).
+
+    Args:
+        fn: a function, method or bound method.
+
+    Returns:
+        the names in order; keyword-only and ``*args`` / ``**kwargs`` parameters are not included.
+    """
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind in positional)
+    return names[1:] if names[:1] == ("self",) else names
 
 
 def resolve_criterion(

@@ -92,17 +92,40 @@ class PPEG(torch.nn.Module):
         assert b7 is not None and b5 is not None and b3 is not None  # refines Optional for TorchScript
         return weight, b7 + b5 + b3
 
-    def forward(self, X: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
-        """Add the position encoding to each bag's square map.
+    def forward(
+        self, x: torch.Tensor, H: torch.Tensor | None = None, W: int | None = None
+    ) -> torch.Tensor:
+        """Add the position encoding to each bag's token map.
+
+        Two call forms:
+
+        - ``ppeg(x, H, W)`` (torchmil's): ``x`` (B, H*W + 1, D) is a class token followed by an H x W map read
+          row by row; returns (B, H*W + 1, D), the class token unchanged.
+        - ``ppeg(x)`` / ``ppeg(x, side)`` (padded batches, what TransMIL uses): ``x`` (B, K, D) holds map tokens
+          only; token k < s_b**2 of bag b is cell (k // s_b, k % s_b) of its square map; ``side`` (B,) integer
+          gives s_b (0 = no map), s_b <= ceil(sqrt(K)); None = every bag uses ceil(sqrt(K)) (cells past token
+          K-1 are empty, i.e. zero). Returns (B, K, D); tokens k >= side_b**2 (padding) come back unchanged.
 
         Args:
-            X: (B, K, D) tokens; token k < s_b**2 of bag b is cell (k // s_b, k % s_b) of its map.
-            side: (B,) integer, the side s_b of each bag's map (0 = no map), s_b <= ceil(sqrt(K)); None =
-                every bag uses ceil(sqrt(K)) (cells past token K-1 are empty, i.e. zero).
-
-        Returns:
-            (B, K, D): the encoded map tokens; tokens k >= side_b**2 (padding) are returned unchanged.
+            x: the tokens, see above.
+            H: the map height (with ``W``), or the (B,) per-bag sides (without ``W``).
+            W: the map width; given, selects torchmil's form.
         """
+        if W is not None:
+            assert H is not None, "PPEG(x, H, W): H is required with W"
+            return self._forward_map(x, int(H), W)
+        return self._forward_padded(x, H)
+
+    def _forward_map(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, D = x.shape[0], x.shape[2]
+        if x.shape[1] != H * W + 1:
+            raise ValueError(f"PPEG: expected H*W + 1 = {H * W + 1} tokens (class token first), got {x.shape[1]}")
+        grid = x[:, 1:].transpose(1, 2).reshape(B, D, H, W)
+        weight, bias = self.fused_kernel()
+        grid = F.conv2d(grid, weight, bias, padding=3, groups=self.dim)
+        return torch.cat([x[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+
+    def _forward_padded(self, X: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
         B, K = X.shape[0], X.shape[1]
         S = grid_side(K)
         device = X.device

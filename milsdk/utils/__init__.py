@@ -27,9 +27,12 @@ _LAZY = {
     "F1": "milsdk.utils.metrics",
     "Accuracy": "milsdk.utils.metrics",
     "BalancedAccuracy": "milsdk.utils.metrics",
+    "ConcordanceIndex": "milsdk.utils.metrics",
     "Mean": "milsdk.utils.metrics",
     "Metric": "milsdk.utils.metrics",
     "Trainer": "milsdk.utils.trainer",
+    "keep_only_existing_files": "milsdk.utils.common",
+    "read_csv": "milsdk.utils.common",
 }
 
 
@@ -47,6 +50,7 @@ __all__ = [
     "AnnealingScheduler",
     "BalancedAccuracy",
     "Checkpoint",
+    "ConcordanceIndex",
     "ConstantAnnealingScheduler",
     "CyclicalAnnealingScheduler",
     "F1",
@@ -57,8 +61,10 @@ __all__ = [
     "add_self_loops",
     "build_adj",
     "degree",
+    "keep_only_existing_files",
     "load_checkpoint",
     "normalize_adj",
+    "read_csv",
     "read_checkpoint",
     "save_checkpoint",
 ]

@@ -46,7 +46,7 @@ def test_the_quick_start_runs_with_every_registered_model_in_place_of_abmil(tmp_
     assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     model.eval()
     batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate_fn)))
-    extra = {key: batch[key] for key in model.extra_inputs if key != "adj"}
+    extra = {key: batch[key] for key in model.extra_inputs}  # coords, or the (sparse) adj of graph models
     with torch.no_grad():
-        logits = model(batch["X"].float(), batch["mask"], **extra)
+        logits = model(batch["X"].float(), mask=batch["mask"], **extra)
     assert logits.shape == (2,) and torch.isfinite(logits).all()

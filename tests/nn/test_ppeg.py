@@ -83,7 +83,7 @@ def test_torchscript_matches_eager():
 def test_export_keeps_grid_side_symbolic():
     ppeg = _ppeg().eval()
     K = torch.export.Dim("K", min=1, max=100_000)
-    ep = torch.export.export(ppeg, (torch.randn(2, 37, 4),), dynamic_shapes={"X": {1: K}})
+    ep = torch.export.export(ppeg, (torch.randn(2, 37, 4),), dynamic_shapes={"x": {1: K}})
     exported = ep.module()
     with torch.no_grad():
         for k in (1, 5, 64, 1000):
