@@ -210,7 +210,20 @@ def main() -> None:
             work = Path(tmp) / name
             work.mkdir()
             ckpt = train_checkpoint(name, args.dim, args.steps, work / f"{name.lower()}.ckpt")
-            seconds, _ = export_cli(ckpt, work / "export")
+            base = {
+                "model": name,
+                "extra_inputs": list(cls.extra_inputs),
+                "padding_invariant": bool(cls.padding_invariant),
+                "bag_bytes": args.peak_size * args.dim * 4,
+            }
+            try:
+                seconds, _ = export_cli(ckpt, work / "export")
+            except RuntimeError as exc:  # a failed export is a finding: the row says so
+                row = {**base, "onnx": "FAILED", "torchscript": "FAILED", "error": str(exc).splitlines()[-1],
+                       "verify_parity": float("nan"), "unseen_parity": float("nan"), "peak_40k": {}}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             report = json.loads((work / "export" / "verification.json").read_text())
             formats = {a["format"]: a for a in report["artifacts"]}
             parity = max(
@@ -219,20 +232,19 @@ def main() -> None:
             unseen = parity_on_unseen_sizes(ckpt, work / "export", sizes, args.dim)
             peak = peak_rss(work / "export" / "model.onnx", args.peak_size, args.dim)
             row = {
-                "model": name,
-                "extra_inputs": list(cls.extra_inputs),
+                **base,
                 "onnx": "yes" if formats["onnx"]["passed"] else "FAILED",
                 "torchscript": "yes" if formats["torchscript"]["passed"] else "FAILED",
-                "padding_invariant": bool(cls.padding_invariant),
                 "verify_parity": parity,
                 "unseen_parity": max(unseen.values()),
                 "unseen_sizes": sizes,
                 "export_s": round(seconds, 1),
                 "peak_40k": peak,
-                "bag_bytes": args.peak_size * args.dim * 4,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "zoo.partial.json").write_text(json.dumps(rows, indent=2))  # survives an interrupted run
     previous = RESULTS / "zoo.json"
     if args.merge and previous.exists():
         done = {r["model"] for r in rows}

@@ -239,7 +239,9 @@ def model_info(
         feature_dim=feature_dim,
         n_classes=n_classes,
         output_activation=(
-            "risk" if getattr(model.criterion, "survival", False) else "sigmoid" if n_classes == 1 else "softmax"
+            "risk"
+            if getattr(getattr(model, "criterion", None), "survival", False)
+            else "sigmoid" if n_classes == 1 else "softmax"
         ),
         class_names=class_names,
         threshold=threshold,

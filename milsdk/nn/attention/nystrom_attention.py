@@ -52,7 +52,7 @@ def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
     abs_x = x.abs()
     norm_1 = abs_x.sum(dim=-2).amax(dim=-1, keepdim=True)  # max column sum
     norm_inf = abs_x.sum(dim=-1).amax(dim=-1, keepdim=True)  # max row sum
-    scale = (norm_1 * norm_inf).clamp_min(1.1754943508222875e-38).unsqueeze(-1)  # float32 tiny
+    scale = (norm_1 * norm_inf).clamp_min(1.1754943508222875e-38).unsqueeze(-1)  # float32 tiny (also > 0 in f64)
     z = x.transpose(-1, -2) / scale
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     for _ in range(iters):
@@ -200,7 +200,10 @@ class NystromAttention(torch.nn.Module):
         kernel1 = _masked_softmax_last(scores1, lm_col, keep[:, None, :, None])
         kernel2 = _masked_softmax_last(q_land @ k_land.transpose(-1, -2), lm_col, lm_row)
         kernel3 = _masked_softmax_last(q_land @ k.transpose(-1, -2), keep[:, None, None, :], lm_row)
-        kernel2_pinv = moore_penrose_iter_pinv(kernel2, self.pinv_iterations)
+        # The iteration multiplies the m x m kernel by itself ~18 times: in float32 an ill-conditioned kernel (an
+        # untrained or a trained model alike) amplifies rounding so that two runtimes' GEMM kernels disagree by
+        # 1e-4 on the logits. In float64 (m <= n_landmarks, so O(m^3) and cheap) they agree to float32 rounding.
+        kernel2_pinv = moore_penrose_iter_pinv(kernel2.double(), self.pinv_iterations).to(work_dtype)
 
         out = kernel1 @ (kernel2_pinv @ (kernel3 @ v))  # (B, h, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.att_dim).to(x.dtype)
