@@ -111,7 +111,8 @@ def propagate(X: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tens
         edge_weight: (B, E) weights (padding edges weigh 0).
 
     Returns:
-        (B, N, D) in X's dtype (accumulated in float32 at least).
+        (B, N, D) in X's dtype (accumulated in float64: the same result whatever order a runtime's threads add
+        the messages in).
     """
     B, N, D = X.shape[0], X.shape[1], X.shape[2]
     work_dtype = torch.promote_types(X.dtype, torch.float32)
@@ -120,7 +121,11 @@ def propagate(X: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tens
     cols = (edge_index[:, 1] + offset).reshape(-1)
     flat = X.reshape(B * N, D).to(work_dtype)
     messages = flat.index_select(0, cols) * edge_weight.reshape(-1, 1).to(work_dtype)
-    out = torch.zeros(B * N, D, dtype=work_dtype, device=X.device).index_add(0, rows, messages)
+    # Accumulated in float64: onnxruntime's multi-threaded ScatterND adds duplicate indices in an order that
+    # varies from run to run (measured: 9e-8 apart in float32 on the same input), and models with a Nystrom
+    # pseudo-inverse or a LayerNorm downstream amplify that to 1e-4..1e-3 on the logits. In float64 the order
+    # changes only bits below float32's resolution.
+    out = torch.zeros(B * N, D, dtype=torch.float64, device=X.device).index_add(0, rows, messages.double())
     return out.reshape(B, N, D).to(X.dtype)
 
 
