@@ -78,16 +78,6 @@ class CAMIL(MILModel):
 
     extra_inputs = ("adj",)
     attention_output = "logits"
-    # Exactly padding-invariant in eager PyTorch (the contract suite checks it), but not at float32 across
-    # differently shaped runs of an exported artifact: measured on a default CAMIL (D = 1024) trained 20 steps,
-    # onnxruntime gave a 37-instance bag logits 1.0e-4 apart alone and padded into a batch (eager: 1e-8). The
-    # pseudo-inverse of the Nystrom landmark kernel (a fixed number of iterations, as in the paper) amplifies the
-    # 1e-7 rounding differences of GEMM kernels chosen by shape. Declared, so that clients run each bag alone.
-    padding_invariant = False
-    padding_note = (
-        "the Nystrom pseudo-inverse amplifies float32 rounding of differently padded runs to ~1e-4 on the logits; "
-        "each bag is run alone"
-    )
     test_config = {"nystrom_att_dim": 16, "pool_att_dim": 8, "n_heads": 2, "n_landmarks": 4}
     # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]

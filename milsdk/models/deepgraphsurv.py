@@ -81,16 +81,6 @@ class DeepGraphSurv(MILModel):
 
     extra_inputs = ("adj",)
     attention_output = "logits"
-    # Exactly padding-invariant in eager PyTorch (the contract suite checks it), not across differently shaped
-    # float32 runs of an exported artifact: a default DeepGraphSurv (D = 1024, K = 5, lambda_max 2) trained 20
-    # steps gave logits 0.089 apart alone and padded in onnxruntime. With the reference's fixed lambda_max = 2
-    # the scaled Laplacian's spectrum can leave [-1, 1], where the order-5 Chebyshev terms grow fast and amplify
-    # shape-dependent GEMM rounding. Declared, so that clients run each bag alone.
-    padding_invariant = False
-    padding_note = (
-        "Chebyshev terms of a scaled Laplacian outside [-1, 1] (lambda_max = 2) amplify float32 rounding of "
-        "differently padded runs; each bag is run alone"
-    )
     test_config = {"hidden_dim": 8, "att_dim": 8, "K": 2}
     # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]

@@ -15,6 +15,7 @@ import torch
 
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
+from milsdk.nn.adjacency import scatter_add_rows
 from milsdk.nn.linear import LazyLinear
 from milsdk.nn.masked import as_bool_mask
 from milsdk.nn.positional_encoding import SinusoidalPositionalEncodingND
@@ -96,9 +97,8 @@ def neighbourhoods(
     seg_sorted = new_cell.to(torch.long).cumsum(0) - 1
     seg = torch.zeros_like(seg_sorted).scatter(0, order, seg_sorted)
     x_flat = X.reshape(T, E)
-    # float64 accumulation: the same sum whatever order a runtime's threads add in (see adjacency.propagate)
-    cell_sum = torch.zeros_like(x_flat, dtype=torch.float64).index_add(0, seg, x_flat.double()).to(x_flat.dtype)
-    count = torch.zeros(T, dtype=X.dtype, device=device).index_add(0, seg, torch.ones_like(x_flat[:, 0]))
+    cell_sum = scatter_add_rows(x_flat, seg, T)
+    count = scatter_add_rows(torch.ones_like(x_flat[:, 0]), seg, T)
     cell_mean = cell_sum / count.clamp_min(1).unsqueeze(-1)
     # unused slots get keys above every real one, in increasing order, so cell_key stays sorted
     cell_key = (beyond + T + flat).scatter(0, seg_sorted, sorted_key)

@@ -43,11 +43,11 @@ def test_client_matches_eager_pytorch_on_50_bags(triton_server, served_bags, eag
 @pytest.mark.parametrize("model", sorted(MODEL_NAMES))
 def test_triton_python_backend_equals_in_process_onnxruntime(triton_server, triton_repo, served_bags, model):
     """The exporter's Python-backend variant, served by a real Triton, against the same model.onnx run by
-    onnxruntime in this process, on the same batches (same planner budget): the same numbers within 1e-5, and
-    within the contract's parity tolerance 1e-4 for SmTransformerABMIL, whose Sm-smoothed attention amplifies the
-    rounding of the server's differently optimised session (measured 4e-5). (Different batches would compare
-    float32 rounding of differently padded runs, which the eager comparisons above bound at 1e-4.)"""
-    tol = 1e-4 if model == "smtransformerabmil" else 1e-5
+    onnxruntime in this process, on the same batches (same planner budget): the same numbers within 1e-5.
+    (Different batches would compare float32 rounding of differently padded runs, which the eager comparisons
+    above bound at 1e-4.) Graph models scatter with ScatterElements, which onnxruntime adds in index order:
+    ScatterND's multi-threaded reduction lost updates here, seen as 8e-4 on GTP's logits in one CI run."""
+    tol = 1e-5
     onnx_path = triton_repo / model / "1" / "model.onnx"
     budget = {"max_instances": 8192, "max_batch_size": 8}
     with MILClient.from_path(onnx_path, **budget) as local, \

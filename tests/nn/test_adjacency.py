@@ -8,7 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from milsdk.nn.adjacency import edge_list_from_adj, edge_softmax, node_degree, propagate, resolve_edges
+from milsdk.nn.adjacency import (
+    edge_list_from_adj,
+    edge_softmax,
+    node_degree,
+    propagate,
+    resolve_edges,
+    scatter_add_rows,
+)
 
 
 def random_adj(B: int = 3, N: int = 7, seed: int = 0) -> torch.Tensor:
@@ -102,3 +109,41 @@ def test_an_adj_of_the_wrong_shape_names_the_shapes():
         resolve_edges(X, adj=torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"got shape \(2, 4, 4\)"):
         resolve_edges(X, adj=torch.ones(2, 4, 4))
+
+
+class _ScatterRows(torch.nn.Module):
+    def forward(self, values, rows, n_like):
+        return scatter_add_rows(values, rows, n_like.shape[0]), propagate(
+            values.unsqueeze(0), torch.stack([rows, rows.flip(0)]).unsqueeze(0), values[:, 0].unsqueeze(0)
+        )
+
+
+def test_row_sums_are_exact_and_the_same_on_every_onnxruntime_thread_count():
+    """Many duplicate targets, 150 columns (three blocks, the last partial): the exported scatter equals numpy's
+    add.at on 1, 2 and 4 threads, every run. (index_add exported as ScatterND lost updates on 2 threads.)"""
+    n_rows, M, C = 300, 6000, 150
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(M, C, generator=g, dtype=torch.float64).float()
+    rows = torch.randint(0, n_rows, (M,), generator=g)
+    M_dim, R_dim = torch.export.Dim("M", min=2), torch.export.Dim("R", min=2)
+    program = torch.onnx.export(
+        _ScatterRows(), (values, rows, torch.zeros(n_rows)), dynamo=True, verbose=False,
+        dynamic_shapes={"values": {0: M_dim}, "rows": {0: M_dim}, "n_like": {0: R_dim}},
+    )
+    ops = {node.op_type for node in program.model_proto.graph.node}
+    assert "ScatterND" not in ops and "ScatterElements" in ops
+    want = np.zeros((n_rows, C))
+    np.add.at(want, rows.numpy(), values.numpy().astype(np.float64))
+    eager, _ = _ScatterRows()(values, rows, torch.zeros(n_rows))
+    np.testing.assert_allclose(eager.numpy(), want, atol=1e-4)
+    feed = {"values": values.numpy(), "rows": rows.numpy(), "n_like": np.zeros(n_rows, np.float32)}
+    for threads in (1, 2, 4):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(program.model_proto.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        runs = [session.run(None, feed) for _ in range(5)]
+        for got, got_propagated in runs:
+            np.testing.assert_allclose(got, want, atol=1e-4)
+            assert np.array_equal(got, runs[0][0]) and np.array_equal(got_propagated, runs[0][1])
+    np.testing.assert_allclose(scatter_add_rows(values[:, 0], rows, n_rows).numpy(), want[:, 0], atol=1e-4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from milsdk.nn.adjacency import node_degree, propagate, resolve_edges
+from milsdk.nn.adjacency import node_degree, propagate, resolve_edges, scatter_add_rows
 from milsdk.nn.linear import LazyLinear
 from milsdk.nn.masked import as_bool_mask
 
@@ -25,9 +25,7 @@ def _flat_laplacian(
     u: torch.Tensor, degree: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
     """(D - A) u for u (B * N,) on flattened node indices."""
-    # float64 accumulation: the same sum whatever order a runtime's threads add in (see adjacency.propagate)
-    messages = (u.index_select(0, cols) * weight).double()
-    return degree * u - torch.zeros_like(u, dtype=torch.float64).index_add(0, rows, messages).to(u.dtype)
+    return degree * u - scatter_add_rows(u.index_select(0, cols) * weight, rows, u.shape[0])
 
 
 def _unit_rows(u: torch.Tensor, B: int, n_nodes: int) -> torch.Tensor:
@@ -67,8 +65,7 @@ def laplacian_lambda_max(
     offset = (torch.arange(B, device=weight.device) * n_nodes).reshape(B, 1)
     rows = (edge_index[:, 0] + offset).reshape(-1)
     cols = (edge_index[:, 1] + offset).reshape(-1)
-    degree = torch.zeros(B * n_nodes, dtype=torch.float64, device=weight.device).index_add(0, rows, weight.double())
-    degree = degree.to(weight.dtype)
+    degree = scatter_add_rows(weight, rows, B * n_nodes)
     index = torch.arange(n_nodes, device=weight.device).unsqueeze(0)
     v = (((index * 40503 + 12345) % 65536).float() / 65536.0 - 0.5).expand(B, n_nodes)
     if mask is not None:
