@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from milsdk.cli import main
 from milsdk.export import export_onnx, export_torchscript, model_info
-from milsdk.models import ABMIL
+from milsdk.models import ABMIL, get_model_class, list_models
 from milsdk.serving import MILClient
 
 D = 16
@@ -204,39 +204,61 @@ def test_url_with_an_unsupported_scheme_is_one_line(url, slides, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt"])
-def test_a_graph_model_predicts_feature_files_with_coords_only(tmp_path, fmt):
-    """The same .h5 files (features + pixel coords, no graph) serve a graph model: the client builds each bag's
-    8-neighbour graph from its coords; the probabilities equal eager PyTorch on that graph."""
-    from milsdk.export.signature import DeploymentModule
-    from milsdk.models import create_model
-    from milsdk.utils.graph import coords_graph
+GRAPH_MODELS = [name for name in list_models() if "adj" in get_model_class(name).extra_inputs]
 
-    torch.manual_seed(0)
-    model = create_model("PatchGCN", in_shape=(D,), hidden_dim=8, att_dim=8, n_gcn_layers=2).eval()
-    exporter = export_onnx if fmt == "onnx" else export_torchscript
-    path = exporter(model, tmp_path / f"patchgcn.{fmt}")
-    rng = np.random.default_rng(3)
-    folder = tmp_path / "slides"
+
+def write_coords_only_slides(folder, seed: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Three .h5 feature files (features + level-0 pixel coords of 512 px patches, no graph) of 40, 9 and 1
+    instances; {bag name: (features (N, D), coords (N, 2))}."""
+    rng = np.random.default_rng(seed)
     folder.mkdir()
     bags = {}
     for name, n in (("s1", 40), ("s2", 9), ("s3", 1)):
         cells = rng.permutation(64)[:n]
-        coords = np.stack([cells // 8, cells % 8], axis=1) * 512  # level-0 pixels of 512 px patches
+        coords = np.stack([cells // 8, cells % 8], axis=1) * 512
         features = rng.normal(size=(n, D)).astype(np.float32)
         with h5py.File(folder / f"{name}.h5", "w") as f:
             f["features"], f["coords"] = features, coords
         bags[name] = (features, coords)
-    out = tmp_path / "preds.csv"
-    result = run(path, folder, "--out", out, "--no-progress")
-    assert result.exit_code == 0, result.output
+    return bags
+
+
+def check_graph_predictions(model, csv_path, bags) -> None:
+    """Every row's score equals eager PyTorch on the bag alone with the 8-neighbour graph of its coords."""
+    from milsdk.export.signature import DeploymentModule
+    from milsdk.utils.graph import coords_graph
+
     module = DeploymentModule(model)
-    for row in rows(out):
+    got = rows(csv_path)
+    assert sorted(row["bag"] for row in got) == sorted(bags)
+    for row in got:
+        assert row["error"] == "", row
         features, coords = bags[row["bag"]]
         edge_index, edge_weight = coords_graph(coords)
+        arrays = {"features": features, "coords": coords.astype(np.float32), "edge_index": edge_index,
+                  "edge_weight": edge_weight}
+        inputs = {key: torch.from_numpy(value)[None] for key, value in arrays.items()}
+        inputs["mask"] = torch.ones(1, len(features), dtype=torch.bool)
         with torch.no_grad():
-            logits, _ = module(
-                torch.from_numpy(features)[None], torch.ones(1, len(features), dtype=torch.bool),
-                torch.from_numpy(edge_index)[None], torch.from_numpy(edge_weight)[None],
-            )
-        assert float(row["probability"]) == pytest.approx(float(torch.sigmoid(logits[0, 0])), abs=1e-5)
+            logits, _ = module(*[inputs[key] for key in module.input_names])
+        if model_info(model).output_activation == "risk":
+            assert float(row["risk"]) == pytest.approx(float(logits[0, 0]), abs=1e-4)
+        else:
+            assert float(row["probability"]) == pytest.approx(float(torch.sigmoid(logits[0, 0])), abs=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_a_graph_model_predicts_feature_files_with_coords_only(tmp_path, fmt, name):
+    """The same .h5 files (features + pixel coords, no graph) serve every graph model: the client builds each
+    bag's 8-neighbour graph from its coords; the scores equal eager PyTorch on that graph, each bag alone."""
+    cls = get_model_class(name)
+    torch.manual_seed(0)
+    model = cls(in_shape=(D,), **cls.test_config).eval()
+    exporter = export_onnx if fmt == "onnx" else export_torchscript
+    path = exporter(model, tmp_path / f"{name}.{fmt}")
+    bags = write_coords_only_slides(tmp_path / "slides")
+    out = tmp_path / "preds.csv"
+    result = run(path, tmp_path / "slides", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    check_graph_predictions(model, out, bags)

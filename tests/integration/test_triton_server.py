@@ -1,12 +1,10 @@
 """A real Triton server (the pip-installed one, Python backend) on loopback, called by MILClient."""
 
-import threading
-
 import numpy as np
 import pytest
 
 from milsdk.errors import ServerStartError, ServerUnavailableError
-from milsdk.models import list_models
+from milsdk.models import get_model_class, list_models
 from milsdk.serving import MILClient, TritonServer
 
 #: Triton model name -> registered model name (the conftest serves every registered model under its lower-case name).
@@ -110,25 +108,6 @@ def test_port_taken_is_a_clear_start_error(triton_repo, triton_server):
         TritonServer(triton_repo, http_port=port).start()
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_server_stopped_mid_run_and_restarted_loses_no_bag(triton_repo, eval_bags, eager_outputs, protocol):
-    bags, expected = eval_bags, eager_outputs["abmil"]
-    with TritonServer(triton_repo, models=["abmil"], exit_timeout_s=1) as server:
-        url = server.http_url if protocol == "http" else server.grpc_url
-        client = MILClient.from_triton(url, "abmil", max_batch_size=1, max_in_flight=2, retry_deadline_s=60)
-        preds = []
-        for pred in client.predict_iter(bags):
-            preds.append(pred)
-            if len(preds) == 5:
-                server.stop()  # the requests still to come find no server...
-                restarter = threading.Timer(1.0, server.start)  # ...until it is back on the same ports
-                restarter.start()
-        restarter.join()
-        client.close()
-    check_against_eager(preds, bags, expected)
-    assert client.last_run.retries > 0
-
-
 def _request_count(url: str, model: str) -> int:
     import tritonclient.http
 
@@ -212,3 +191,52 @@ def test_shared_memory_predict_leaks_no_region_even_where_a_dead_run_had_this_pi
     finally:
         for path in stale:
             path.unlink(missing_ok=True)
+
+
+GRAPH_MODELS = sorted(served for served, name in MODEL_NAMES.items() if "adj" in get_model_class(name).extra_inputs)
+
+
+@pytest.mark.parametrize("model", GRAPH_MODELS)
+def test_predict_cli_serves_a_graph_model_from_feature_files_with_coords_only(
+    triton_server, triton_repo, served_bags, eager_outputs, model, tmp_path
+):
+    """`milsdk predict grpc://... --model-name GRAPH_MODEL slides/` on .h5 files holding features and coords only:
+    the client builds each bag's 8-neighbour graph, the server answers, and every score equals eager PyTorch on
+    the bag alone (<= 1e-4)."""
+    import csv
+
+    import h5py
+    from click.testing import CliRunner
+
+    from milsdk.cli import main
+    from milsdk.export import read_model_info
+
+    chosen = [0, 1, 5, 17]  # sizes 1 .. 5,000 of the shared evaluation bags
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i in chosen:
+        with h5py.File(folder / f"bag{i:02d}.h5", "w") as f:
+            f["features"], f["coords"] = served_bags[i]["features"], served_bags[i]["coords"]
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(
+        main, ["predict", triton_server.grpc_url, str(folder), "--model-name", model, "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as handle:
+        reader = csv.DictReader(handle)
+        table = {row["bag"]: row for row in reader}
+        prob_columns = [column for column in reader.fieldnames if column.startswith("prob_")]
+    info = read_model_info(triton_repo / model / "1" / "model.onnx")
+    assert sorted(table) == [f"bag{i:02d}" for i in chosen]
+    for i in chosen:
+        row, logits = table[f"bag{i:02d}"], eager_outputs[model][i][0].astype(np.float64)
+        assert row["error"] == "" and int(row["n_instances"]) == len(served_bags[i]["features"])
+        if info.output_activation == "risk":
+            got, want = [float(row["risk"])], logits[:1]
+        elif info.n_classes == 1:
+            got, want = [float(row["probability"])], 1 / (1 + np.exp(-logits[:1]))
+        else:
+            assert len(prob_columns) == info.n_classes
+            got = [float(row[column]) for column in prob_columns]
+            want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose(got, want, atol=1e-4)
