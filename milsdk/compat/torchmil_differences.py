@@ -29,38 +29,26 @@ _STRICT_ARGS = (
     "milsdk's schedulers take no *args / **kwargs: torchmil ignores unknown arguments silently, milsdk rejects "
     "them so that a misspelt option is an error"
 )
-_RELPROP = (
-    "torchmil.nn.relprop (layer-wise relevance propagation layers and its relprop transformer) is not yet "
-    "implemented in milsdk (issue 15, open); no milsdk model uses it (GTP exports attention instead of GraphCAM)"
-)
 _MODEL_FILE = (
     "milsdk keeps blocks out of model files (models never define nn blocks); the block lives in milsdk.nn "
     "(see the reason's target) and the model-file re-export awaits the model owner"
 )
-_IRPE_INTERNAL = (
-    "internal helper of torchmil's iRPE bucketing; milsdk.nn.irpe computes the buckets in one vectorised "
-    "table (_value_table / grid_positions) with the same results, so this helper has no milsdk counterpart"
-)
 
 ABSENT: dict[str, str] = {
-    "milsdk.models.camil.CAMILSelfAttention": _MODEL_FILE + ": milsdk.nn.attention.NeighbourAttention",
-    "milsdk.models.camil.CAMILAttentionPool": _MODEL_FILE + ": milsdk.nn.attention.AttentionPool in CAMIL",
-    "milsdk.models.setmil.T2TLayer": _MODEL_FILE + ": milsdk.nn.transformers.T2TLayer",
+    "milsdk.models.camil.CAMILSelfAttention": (
+        "milsdk's CAMIL attends with milsdk.nn.attention.NeighbourAttention, the paper's softmax over each node's "
+        "neighbours on the edge list; torchmil's block softmaxes summed neighbour scores over the whole bag (an "
+        "N x N product), another operator, so the name is not given to it (see from_torchmil.NOT_CONVERTIBLE)"
+    ),
+    "milsdk.models.camil.CAMILAttentionPool": _MODEL_FILE + ": CAMIL pools with milsdk.nn.attention.AttentionPool "
+    "(attention_logits of T, weights applied to M: the same computation)",
+    "milsdk.models.setmil.T2TLayer": (
+        "torchmil's SETMIL variant (unfold a (B, in_dim, h, w) map, then a transformer) runs inside milsdk's PMF on "
+        "each bag's occupied cells (padding-invariant); milsdk.nn.transformers.T2TLayer is the other torchmil "
+        "T2TLayer (transformer, then unfold), so re-exporting it here would change the behaviour"
+    ),
     "milsdk.nn.gnns.dense_mincut_pool.trace": "batched trace helper of torchmil's module; torch.diagonal(...).sum(-1)",
     "milsdk.nn.gnns.dense_mincut_pool.diag": "batched diag_embed helper of torchmil's module; torch.diag_embed",
-    "milsdk.nn.irpe.get_absolute_positions": _IRPE_INTERNAL,
-    "milsdk.nn.irpe.quantize_values": _IRPE_INTERNAL,
-    "milsdk.nn.irpe.get_bucket_ids_2d_without_skip": _IRPE_INTERNAL,
-    "milsdk.nn.irpe.get_bucket_ids_2d": _IRPE_INTERNAL,
-    "milsdk.nn.relprop": _RELPROP,
-    **{
-        f"milsdk.nn.relprop.{name}": _RELPROP
-        for name in (
-            "safe_divide forward_hook backward_hook RelProp RelPropSimple AddEye ReLU GELU Softmax LayerNorm "
-            "Dropout MaxPool2d AdaptiveAvgPool2d AvgPool2d Add Identity Einsum IndexSelect Clone Cat Sequential "
-            "BatchNorm2d Linear trunc_normal_ MultiheadSelfAttention TransformerLayer TransformerEncoder"
-        ).split()
-    },
 }
 
 SIGNATURE: dict[str, str] = {
@@ -145,9 +133,14 @@ BEHAVIOUR: dict[str, str] = {
         "the padding mask is bool (True = real instance); torchmil's is uint8. Every milsdk block accepts both"
     ),
     "milsdk.data.collate.pad_tensors": "the mask is bool (True = real instance); torchmil's is uint8",
-    "milsdk.utils.annealing_scheduler.CyclicalAnnealingScheduler": (
-        "the coefficient after k step() calls is the schedule at step k; torchmil's first step() recomputes the "
-        "step-0 value, so its schedule lags one step behind (same values, shifted by one)"
+    "milsdk.nn.relprop.TransformerLayer": (
+        "relprop merges the relevance of both branches at the layer input (clone1 gets the residual's and the "
+        "attention branch's, as Chefer et al.'s code); torchmil passes the residual's twice and drops the "
+        "attention branch's. forward and the layer's own attention-map relevance are the same"
+    ),
+    "milsdk.nn.relprop.TransformerEncoder": (
+        "relprop through TransformerLayer's (see there): the last layer's attention-map relevance is torchmil's, "
+        "earlier layers' and the input's differ since they receive both branches' relevance"
     ),
     "milsdk.utils.graph_utils.build_adj": (
         "edge weights are float32 (torchmil: float64), the dtype models compute in"

@@ -5,9 +5,12 @@ A torchmil ``state_dict`` holds the same tensors as the milsdk model under sligh
 ``LazyLinear`` wraps its ``torch.nn.Linear`` in ``.module``, and a few models lay their blocks out differently.
 Each model that can be converted has a :class:`_Spec` below: key renames and, where milsdk deliberately
 parameterises a block differently (Sm's smoothing strength), the rewrite of the constructor arguments and weights
-that makes the milsdk model compute what torchmil computes. ``NOT_CONVERTIBLE`` lists the other models both
-libraries have, with the reason. Loading is strict: every torchmil tensor is used, every milsdk tensor is filled, shapes
-must agree, and any mismatch is one line naming the key.
+that makes the milsdk model compute what torchmil computes; where milsdk's architecture differs on purpose, the
+milsdk option that computes torchmil's function (TransMIL: ``embed="linear_or_identity"``,
+``landmarks="torchmil"``; GTP: ``mlp_activation="relu"``). ``NOT_CONVERTIBLE`` lists the other models both
+libraries have, with the reason. Loading is strict: every torchmil tensor is used (but those of modules torchmil
+builds and never calls, e.g. a Layer's norm2 without its MLP), every milsdk tensor is filled (identity weights
+where torchmil's block is an identity), shapes must agree, and any mismatch is one line naming the key.
 """
 
 from __future__ import annotations
@@ -36,16 +39,23 @@ class _Spec:
     Attributes:
         renames: (regex, replacement) applied in order to each torchmil key after the LazyLinear ``.module.``
             wrapper is removed.
-        in_key: the milsdk key whose weight's second axis is the instance feature size (to infer in_shape).
+        in_key: the milsdk key whose weight's last axis is the instance feature size (to infer in_shape), or
+            candidates tried in order.
         adapt: ``adapt(config) -> (config, tensor_fn)``: rewrites torchmil constructor arguments whose meaning
             differs in milsdk, and returns ``tensor_fn(milsdk_key, tensor) -> tensor`` for weights whose
             parameterisation differs (None: none).
+        unused: regex of (renamed) torchmil keys of modules that torchmil builds but never calls in this
+            config; dropped only when the milsdk model has no place for them.
+        fill: ``fill(milsdk_key, like) -> tensor`` for milsdk weights that torchmil does not have because its
+            block is an identity there (None: not such a key).
     """
 
     renames: tuple[tuple[str, str], ...] = ()
-    in_key: str | None = None
+    in_key: str | tuple[str, ...] | None = None
     adapt: Callable[[dict[str, Any]], tuple[dict[str, Any], Callable[[str, torch.Tensor], torch.Tensor] | None]] \
         | None = None
+    unused: str | None = None
+    fill: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None
 
 
 def _sm_adapter(*modes: tuple[str, str, str]):
@@ -85,7 +95,50 @@ def _sm_adapter(*modes: tuple[str, str, str]):
     return adapt
 
 
+def _transmil_adapt(config: dict[str, Any]):
+    """torchmil's TransMIL: fc1 without ReLU (none when the feature size is att_dim), torchmil's landmarks."""
+    for option, value in (("embed", "linear_or_identity"), ("landmarks", "torchmil")):
+        if config.get(option, value) != value:
+            raise ModelConfigError(f"torchmil TransMIL converts with {option}={value!r}, not {config[option]!r}")
+    return {**config, "embed": "linear_or_identity", "landmarks": "torchmil"}, None
+
+
+def _identity_out_proj(key: str, like: torch.Tensor) -> torch.Tensor | None:
+    """milsdk's learned Nystrom attention always has an out_proj; torchmil's is an identity at att_dim."""
+    if re.fullmatch(r"layers\.\d+\.att\.out_proj\.weight", key):
+        return torch.eye(like.shape[0], like.shape[1], dtype=like.dtype)
+    if re.fullmatch(r"layers\.\d+\.att\.out_proj\.bias", key):
+        return torch.zeros_like(like)
+    return None
+
+
+def _gtp_adapt(config: dict[str, Any]):
+    """torchmil's GTP encoder (torchmil.nn.relprop's) has a ReLU MLP."""
+    if config.get("mlp_activation", "relu") != "relu":
+        raise ModelConfigError(f"torchmil GTP converts with mlp_activation='relu', not {config['mlp_activation']!r}")
+    return {**config, "mlp_activation": "relu"}, None
+
+
 _SPECS: dict[str, _Spec] = {
+    # torchmil's VAEABMIL takes a VariationalAutoEncoderMIL built by the user: pass its layer_sizes /
+    # activations / covar_mode as vae_layer_sizes / vae_activations / vae_covar_mode (defaults are torchmil's).
+    "VAEABMIL": _Spec(renames=((r"^feat_ext\.(encoder|decoder)\.net\.", r"feat_ext.\1.mlp."),),
+                      in_key="feat_ext.encoder.mlp.0.weight"),
+    # torchmil's relprop TransformerLayer calls att_proj in_proj; its norm2 exists also without the MLP.
+    "GTP": _Spec(renames=((r"^(transformer_encoder\.layers\.\d+)\.in_proj\.", r"\1.att_proj."),),
+                 in_key="gcn_conv.fc.weight", adapt=_gtp_adapt,
+                 unused=r"transformer_encoder\.layers\.\d+\.norm2\.(weight|bias)"),
+    # torchmil builds a feat_proj that its forward never calls (the encoder takes the features), and every
+    # Layer has a norm2, used only with the MLP.
+    "IIBMIL": _Spec(in_key="encoder.layers.0.att_module.qkv_nn.weight",
+                    unused=r"feat_proj\.(weight|bias)|(en|de)coder\.layers\.\d+\.norm2\.(weight|bias)"),
+    "TransMIL": _Spec(
+        renames=((r"\.att_module\.qkv_nn\.", ".att.qkv."), (r"\.mlp_module\.", ".mlp."),
+                 (r"^pos_layer\.proj\.", "pos_layer.proj7."), (r"^pos_layer\.proj1\.", "pos_layer.proj5."),
+                 (r"^pos_layer\.proj2\.", "pos_layer.proj3.")),
+        in_key=("fc1.weight", "cls_token"), adapt=_transmil_adapt,
+        unused=r"layers\.\d+\.norm2\.(weight|bias)",  # torchmil's Layer builds norm2 also without the MLP
+        fill=_identity_out_proj),
     "ABMIL": _Spec(in_key="pool.fc1.weight"),
     "CLAM_SB": _Spec(in_key="pool.fc1.weight"),
     "DSMIL": _Spec(in_key="q_nn.weight"),
@@ -109,18 +162,15 @@ NOT_CONVERTIBLE: dict[str, str] = {
                "differ from milsdk's; outputs agree only for bags of at most n_groups instances",
     "SETMIL": "torchmil runs its transformer over every cell of the coords grid (empty cells included), milsdk "
               "over the real instances only (padding-invariant); the logits differ even for one instance",
-    "TransMIL": "not supported yet: torchmil's Nystrom attention front-pads each sequence with zero tokens to a "
-                "multiple of n_landmarks and those take part as keys and landmarks, milsdk's segments only the "
-                "real tokens; converting needs a reference-landmark option in milsdk.nn.NystromAttention (plus "
-                "an fc1 without ReLU, the qkv/PPEG renames and an identity out_proj)",
-    "CAMIL": "not supported yet: other block layout (camil_self_attention / camil_att_pool, a Nystrom layer "
-             "without out_proj) and torchmil's Nystrom landmark scheme (see TransMIL)",
-    "DeepGraphSurv": "not supported yet: the keys map one to one, but the outputs differ for bags of 2 or more "
-                     "instances (graph-convolution normalisation not yet matched)",
-    "GTP": "not supported yet: torchmil's encoder layer has an in_proj where milsdk's has att_proj",
-    "IIBMIL": "not supported yet: torchmil has a feat_proj and a decoder norm2 that milsdk's layout lacks",
-    "VAEABMIL": "not supported yet: torchmil's VAEABMIL takes a user-built VariationalAutoEncoderMIL, milsdk "
-                "builds its own from vae_layer_sizes; the encoder layout must be matched per model",
+    "CAMIL": "torchmil's CAMILSelfAttention sums each node's neighbour scores into one score per node and "
+             "softmaxes those over the whole bag (an N x N dense product), milsdk's neighbour attention is the "
+             "paper's softmax over each node's own neighbours on the edge list; the outputs differ for any graph "
+             "with edges (torchmil's default n_landmarks=None also crashes)",
+    "DeepGraphSurv": "torchmil's ChebConv lays its (K, N, C) stack of Chebyshev terms out with view(N, K * C), "
+                     "which puts terms of other nodes into each node's row (a defect: a node's output depends on "
+                     "the bag size and order), milsdk concatenates each node's own K terms; the keys map one to "
+                     "one but the outputs agree only for one-instance bags (measured: 0.08 to 0.19 on the "
+                     "logits of bags of 2 and 37 instances, K = 2 and 3)",
 }
 
 
@@ -234,8 +284,10 @@ def from_torchmil(source: str | os.PathLike | Mapping[str, Any] | torch.nn.Modul
         config, tensor_fn = spec.adapt(config)
     if tensor_fn is not None:
         mapped = {k: tensor_fn(k, v) for k, v in mapped.items()}
-    if config.get("in_shape") is None and spec.in_key is not None and spec.in_key in mapped:
-        config["in_shape"] = (int(mapped[spec.in_key].shape[-1]),)
+    in_keys = (spec.in_key,) if isinstance(spec.in_key, str) else spec.in_key or ()
+    found = [key for key in in_keys if key in mapped]
+    if config.get("in_shape") is None and found:
+        config["in_shape"] = (int(mapped[found[0]].shape[-1]),)
     elif isinstance(config.get("in_shape"), int):
         config["in_shape"] = (config["in_shape"],)
     cls = get_model_class(model)
@@ -249,6 +301,8 @@ def from_torchmil(source: str | os.PathLike | Mapping[str, Any] | torch.nn.Modul
     for new, value in mapped.items():
         if new.startswith("criterion."):
             continue
+        if new not in expected and spec.unused is not None and re.fullmatch(spec.unused, new):
+            continue
         if new not in expected:
             raise CheckpointError(f"torchmil {model}: key {origin[new]!r} has no place in the milsdk model "
                                   "(another architecture or config?)")
@@ -257,6 +311,11 @@ def from_torchmil(source: str | os.PathLike | Mapping[str, Any] | torch.nn.Modul
                 f"torchmil {model}: key {origin[new]!r} has shape {tuple(value.shape)}, the model built from "
                 f"this config expects {tuple(expected[new].shape)} (check --set / config)"
             )
+    if spec.fill is not None:
+        for key, like in expected.items():
+            value = None if key in mapped else spec.fill(key, like)
+            if value is not None:
+                mapped[key] = value
     missing = [k for k in expected if k not in mapped]
     if missing:
         raise CheckpointError(f"torchmil {model}: no weights for {missing[0]!r}"

@@ -21,6 +21,10 @@ from milsdk.nn.transformers import TransformerEncoder
 
 __all__ = ["GTP"]
 
+# The transformer MLP's activation: GELU (milsdk's transformers) or ReLU (torchmil 1.0.2's GTP, whose encoder is
+# the relevance-propagation one of torchmil.nn.relprop).
+_MLP_ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU}
+
 
 @register_model
 class GTP(MILModel):
@@ -73,6 +77,8 @@ class GTP(MILModel):
         feat_ext: instance feature extractor applied to X (default identity).
         criterion: loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
+        mlp_activation: activation inside the transformer MLP, ``"gelu"`` or ``"relu"`` (torchmil 1.0.2's GTP:
+            with it the logits equal torchmil's, see :func:`milsdk.models.from_torchmil`).
     """
 
     extra_inputs = ("adj",)
@@ -93,8 +99,14 @@ class GTP(MILModel):
         feat_ext: torch.nn.Module | None = None,
         criterion: torch.nn.Module | None = None,
         n_classes: int = 1,
+        *,
+        mlp_activation: str = "gelu",
     ) -> None:
         super().__init__()
+        if mlp_activation not in _MLP_ACTIVATIONS:
+            raise ModelConfigError(
+                f"GTP: mlp_activation={mlp_activation!r}, expected one of {tuple(_MLP_ACTIVATIONS)}"
+            )
         if in_shape is None:
             raise ModelConfigError("GTP needs in_shape: the class token and encoder take the feature size")
         if n_clusters < 1:
@@ -117,6 +129,9 @@ class GTP(MILModel):
             use_mlp=use_mlp,
             dropout=dropout,
         )
+        for layer in self.transformer_encoder.layers:
+            if layer.mlp_module is not None:  # default_mlp's layout: Linear, activation, Dropout, Linear, Dropout
+                layer.mlp_module[1] = _MLP_ACTIVATIONS[mlp_activation]()
         self.classifier = torch.nn.Linear(feat_dim, n_classes)
 
     def _forward(

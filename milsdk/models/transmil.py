@@ -14,11 +14,14 @@ from milsdk.errors import ModelConfigError
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.linear import LazyLinear
+from milsdk.nn.attention.nystrom_attention import LANDMARK_SCHEMES
 from milsdk.nn.masked import as_bool_mask
 from milsdk.nn.ppeg import PPEG, ceil_sqrt, grid_side
 from milsdk.nn.transformers.nystrom_transformer import nystrom_layers
 
 __all__ = ["TransMIL"]
+
+_EMBEDDINGS = ("linear_relu", "linear_or_identity")
 
 
 @register_model
@@ -63,6 +66,13 @@ class TransMIL(MILModel):
         feat_ext: instance feature extractor applied to X (default identity).
         criterion: loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
+        embed: instance embedding, ``"linear_relu"`` (Linear + ReLU, as the paper's code) or
+            ``"linear_or_identity"`` (torchmil 1.0.2's: a Linear without activation, none when the feature
+            size equals ``att_dim``).
+        landmarks: the Nyström layers' landmark scheme, ``"segments"`` or ``"torchmil"`` (see
+            :class:`milsdk.nn.attention.NystromAttention`). ``embed="linear_or_identity", landmarks="torchmil"``
+            computes what torchmil's TransMIL computes, bag by bag (what :func:`milsdk.models.from_torchmil`
+            builds); padding invariance and export are the same with either option.
     """
 
     attention_output = "weights"
@@ -83,8 +93,15 @@ class TransMIL(MILModel):
         feat_ext: torch.nn.Module | None = None,
         criterion: torch.nn.Module | None = None,
         n_classes: int = 1,
+        *,
+        embed: str = "linear_relu",
+        landmarks: str = "segments",
     ) -> None:
         super().__init__()
+        if embed not in _EMBEDDINGS:
+            raise ModelConfigError(f"TransMIL: embed={embed!r}, expected one of {_EMBEDDINGS}")
+        if landmarks not in LANDMARK_SCHEMES:
+            raise ModelConfigError(f"TransMIL: landmarks={landmarks!r}, expected one of {LANDMARK_SCHEMES}")
         if n_layers < 2:
             raise ModelConfigError(f"TransMIL needs n_layers >= 2 (PPEG sits between layers), got {n_layers}")
         if att_dim < 1 or att_dim % n_heads != 0:
@@ -94,9 +111,16 @@ class TransMIL(MILModel):
             raise ModelConfigError(f"TransMIL: n_landmarks must be >= 1, got {n_landmarks}")
         feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
         self.n_landmarks = n_landmarks
-        self.fc1 = LazyLinear(feat_dim, att_dim)
+        self.embed = embed
+        if embed == "linear_or_identity" and feat_dim == att_dim:
+            self.fc1: torch.nn.Module = torch.nn.Identity()
+        else:
+            self.fc1 = LazyLinear(feat_dim, att_dim)
         self.cls_token = torch.nn.Parameter(torch.randn(1, 1, att_dim))
         self.layers = nystrom_layers(n_layers, att_dim, n_heads, n_landmarks, pinv_iterations, dropout, use_mlp)
+        for layer in self.layers:
+            # nystrom_layers builds the default scheme; the attribute is all that selects it (no weights).
+            layer.att.landmarks = landmarks
         self.pos_layer = PPEG(att_dim)
         self.norm = torch.nn.LayerNorm(att_dim)
         self.classifier = torch.nn.Linear(att_dim, n_classes)
@@ -104,7 +128,9 @@ class TransMIL(MILModel):
     def _forward(
         self, X: torch.Tensor, mask: torch.Tensor | None, need_att: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        H = torch.relu(self.fc1(self.feat_ext(X)))  # (B, N, E)
+        H = self.fc1(self.feat_ext(X))  # (B, N, E)
+        if self.embed == "linear_relu":
+            H = torch.relu(H)
         B, N, E = H.shape[0], H.shape[1], H.shape[2]
         device = H.device
         keep = as_bool_mask(mask, H)

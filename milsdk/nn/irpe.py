@@ -34,6 +34,9 @@ import torch
 __all__ = [
     "METHOD",
     "build_rpe",
+    "get_absolute_positions",
+    "get_bucket_ids_2d",
+    "get_bucket_ids_2d_without_skip",
     "get_num_buckets",
     "get_rpe_config",
     "get_single_rpe_config",
@@ -41,6 +44,7 @@ __all__ = [
     "iRPE",
     "iRPE_Cross",
     "piecewise_index",
+    "quantize_values",
 ]
 
 
@@ -574,3 +578,92 @@ def build_rpe(
         else:
             modules.append(iRPE(method=rpe["method"], **kwargs))
     return modules
+
+
+# ---- torchmil's bucket helpers for an h x w grid (its public functions; milsdk's iRPE uses _value_table) ------
+
+
+def get_absolute_positions(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Row-major (row, col) positions of an h x w grid.
+
+    Returns:
+        (height, width, 2): entry [r, c] = (r, c), in ``dtype`` on ``device``.
+    """
+    rows = torch.arange(height, dtype=dtype, device=device).reshape(height, 1).expand(height, width)
+    cols = torch.arange(width, dtype=dtype, device=device).reshape(1, width).expand(height, width)
+    return torch.stack([rows, cols], 2)
+
+
+@torch.no_grad()
+def quantize_values(values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rank of each value among the distinct values (0 = the smallest), and the number of distinct values.
+
+    Args:
+        values: any shape, integer or float.
+
+    Returns:
+        (same shape, same dtype as ``values``) ranks in [0, count), and count.
+    """
+    distinct, rank = torch.unique(values, return_inverse=True)
+    return rank.to(values.dtype), distinct.numel()
+
+
+def _offset_buckets(method: int, diff: torch.Tensor, alpha: float, beta: float, gamma: float,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """Bucket of each 2-D offset (..., 2) for one method (before the non-product methods' +int(beta) shift)."""
+    if method == METHOD.EUCLIDEAN:
+        return piecewise_index(diff.pow(2).sum(-1).float().sqrt().round(), alpha, beta, gamma, dtype)
+    if method == METHOD.QUANT:
+        return piecewise_index(diff.square().sum(-1), alpha, beta, gamma, dtype)
+    if method == METHOD.PRODUCT:
+        beta_int = int(beta)
+        rows = piecewise_index(diff[..., 0], alpha, beta, gamma, dtype) + beta_int
+        cols = piecewise_index(diff[..., 1], alpha, beta, gamma, dtype) + beta_int
+        return rows * (2 * beta_int + 1) + cols
+    if method in (METHOD.CROSS_ROWS, METHOD.CROSS_COLS):
+        return piecewise_index(diff[..., 0 if method == METHOD.CROSS_ROWS else 1], alpha, beta, gamma, dtype)
+    raise NotImplementedError(f"iRPE method id {method!r} has no bucket function (CROSS is CROSS_ROWS + "
+                              "CROSS_COLS)")
+
+
+@torch.no_grad()
+def get_bucket_ids_2d_without_skip(
+    method: int, height: int, width: int, alpha: float, beta: float, gamma: float,
+    dtype: torch.dtype = torch.long, device: torch.device = torch.device("cpu"),
+) -> tuple[torch.Tensor, int, int]:
+    """Bucket of every token pair of an h x w grid read row by row.
+
+    Args:
+        method: a :class:`METHOD` id (not CROSS itself: CROSS_ROWS / CROSS_COLS).
+        height, width: the grid; the sequence has L = height * width tokens.
+        alpha, beta, gamma: the piecewise index coefficients.
+        dtype, device: of the positions and the result.
+
+    Returns:
+        bucket ids (L, L) in [0, num_buckets), num_buckets (:func:`get_num_buckets`), L.
+    """
+    L = height * width
+    pos = get_absolute_positions(height, width, dtype, device).reshape(L, 2)
+    ids = _offset_buckets(method, pos[:, None] - pos[None], alpha, beta, gamma, dtype)
+    if method != METHOD.PRODUCT:
+        ids = ids + int(beta)
+    return ids, get_num_buckets(method, alpha, beta, gamma), L
+
+
+@torch.no_grad()
+def get_bucket_ids_2d(
+    method: int, height: int, width: int, skip: int, alpha: float, beta: float, gamma: float,
+    dtype: torch.dtype = torch.long, device: torch.device = torch.device("cpu"),
+) -> tuple[torch.Tensor, int]:
+    """:func:`get_bucket_ids_2d_without_skip` with ``skip`` (0 or 1) leading class token, whose pairs with every
+    token (itself included) get one extra bucket, id num_buckets.
+
+    Returns:
+        bucket ids (skip + L, skip + L), num_buckets + skip.
+    """
+    if skip not in (0, 1):
+        raise ValueError(f"get_bucket_ids_2d: skip must be 0 or 1, got {skip}")
+    ids, num_buckets, L = get_bucket_ids_2d_without_skip(method, height, width, alpha, beta, gamma, dtype, device)
+    if skip:
+        ids = torch.nn.functional.pad(ids, (1, 0, 1, 0), value=num_buckets)
+    return ids.contiguous(), num_buckets + skip

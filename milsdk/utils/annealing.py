@@ -109,10 +109,11 @@ class CyclicalAnnealingScheduler(AnnealingScheduler):
     ``cycle_len`` steps, each a linear ramp from ``min_coef`` to ``max_coef`` over ``int(cycle_len *
     cycle_prop)`` steps followed by ``max_coef`` for the rest of the cycle.
 
-    With ``p = (t - warmup_steps) mod cycle_len`` and ``r = int(cycle_len * cycle_prop)``:
-    ``coef_at(t) = min_coef`` for ``t < warmup_steps``, ``min_coef + (max_coef - min_coef) p / r`` for ``p <
-    r``, else ``max_coef``. Cycles start when the warm-up ends (the reference counts them from step 0, and
-    lags one step behind this formula).
+    With ``p = (t - warmup_steps - 1) mod cycle_len`` and ``r = int(cycle_len * cycle_prop)``:
+    ``coef_at(t) = min_coef`` for ``t <= warmup_steps``, ``min_coef + (max_coef - min_coef) p / r`` for ``p <
+    r``, else ``max_coef``. As torchmil 1.0.2's, the first step after the warm-up starts the first cycle at its
+    phase 0 (the coefficient is ``min_coef`` before it and after it), so the coefficient at every step equals
+    torchmil's: training with either library weighs the losses the same.
 
     Args:
         cycle_len: steps per cycle (> 0).
@@ -147,9 +148,9 @@ class CyclicalAnnealingScheduler(AnnealingScheduler):
 
     def coef_at(self, step: int) -> float:
         """The coefficient after ``step`` steps (see the class docstring)."""
-        if step < self.warmup_steps:
+        if step <= self.warmup_steps:
             return self.min_coef
-        phase = (step - self.warmup_steps) % self.cycle_len
+        phase = (step - self.warmup_steps - 1) % self.cycle_len
         if phase < self.ramp_steps:
             return self.min_coef + (self.max_coef - self.min_coef) * phase / self.ramp_steps
         return self.max_coef

@@ -88,3 +88,24 @@ def test_missing_file_and_unknown_model(tmp_path, monkeypatch):
     result = _convert(["x.pth", "--model", "CLAM_MB", "--out", "m.ckpt"], tmp_path, monkeypatch)
     assert result.exit_code == 1 and "no torchmil conversion for model 'CLAM_MB'" in result.stderr
     assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_transmil_converts_with_set_options(tmp_path, monkeypatch):
+    """TransMIL, the issue's example of a layout torchmil lays out differently: --set gives its config."""
+    torch.manual_seed(0)
+    reference = torchmil_models.TransMIL(in_shape=(D,), att_dim=16, n_heads=2, n_landmarks=8).eval()
+    torch.save(reference.state_dict(), tmp_path / "transmil.pth")
+    result = _convert(["transmil.pth", "--model", "TransMIL", "--set", "att_dim=16", "--set", "n_heads=2",
+                       "--set", "n_landmarks=8", "--out", "t.ckpt"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    X = torch.randn(1, 45, D)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(tmp_path / "t.ckpt")(X), reference(X), atol=1e-5, rtol=0)
+
+
+def test_model_milsdk_cannot_convert_is_one_line_naming_why(reference, tmp_path, monkeypatch):
+    torch.save(reference.state_dict(), tmp_path / "m.pth")
+    result = _convert(["m.pth", "--model", "CAMIL", "--out", "m.ckpt"], tmp_path, monkeypatch)
+    assert result.exit_code == 1 and not (tmp_path / "m.ckpt").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: torchmil CAMIL cannot be converted: torchmil's")

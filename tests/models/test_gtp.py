@@ -57,6 +57,19 @@ def test_reference_defaults_and_in_shape_is_required():
         GTP()
 
 
+def test_mlp_activation_option_defaults_to_gelu_and_is_checked():
+    gelu = GTP(in_shape=(6,), **SMALL)
+    relu = GTP(in_shape=(6,), mlp_activation="relu", **SMALL)
+    assert all(isinstance(layer.mlp_module[1], torch.nn.GELU) for layer in gelu.transformer_encoder.layers)
+    assert all(isinstance(layer.mlp_module[1], torch.nn.ReLU) for layer in relu.transformer_encoder.layers)
+    relu.load_state_dict(gelu.state_dict())  # the same weights, only the activation differs
+    X, adj, mask, _, _ = grid_batch([5], 6)
+    with torch.no_grad():
+        assert not torch.allclose(gelu.eval()(X, adj, mask), relu.eval()(X, adj, mask))
+    with pytest.raises(ModelConfigError, match="mlp_activation='tanh'"):
+        GTP(in_shape=(6,), mlp_activation="tanh", **SMALL)
+
+
 def test_loss_keys_and_min_cut_losses_are_finite_and_blind_to_padding():
     model = build().eval()
     sizes = [14, 6, 1]

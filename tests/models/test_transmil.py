@@ -130,6 +130,34 @@ def test_invalid_configuration_raises():
         TransMIL(in_shape=(4,), n_classes=1, criterion=torch.nn.CrossEntropyLoss())
 
 
+def test_torchmil_options_default_off_and_checked():
+    model = TransMIL(in_shape=(16,), **SMALL)
+    assert model.embed == "linear_relu" and all(layer.att.landmarks == "segments" for layer in model.layers)
+    same = TransMIL(in_shape=(16,), embed="linear_or_identity", landmarks="torchmil", **SMALL)
+    assert isinstance(same.fc1, torch.nn.Identity)  # feature size = att_dim: torchmil has no fc1
+    assert all(layer.att.landmarks == "torchmil" for layer in same.layers)
+    other = TransMIL(in_shape=(8,), embed="linear_or_identity", **SMALL)
+    X = torch.randn(1, 5, 8)
+    assert torch.equal(other.fc1(X), torch.nn.functional.linear(X, other.fc1.weight, other.fc1.bias))
+    with pytest.raises(ModelConfigError, match="embed='relu'"):
+        TransMIL(in_shape=(4,), embed="relu")
+    with pytest.raises(ModelConfigError, match="landmarks='ref'"):
+        TransMIL(in_shape=(4,), landmarks="ref")
+
+
+def test_torchmil_landmarks_padded_bag_gives_same_logits_and_attention_as_alone():
+    torch.manual_seed(0)
+    model = TransMIL(in_shape=(8,), embed="linear_or_identity", landmarks="torchmil", **SMALL).eval()
+    bags = _bags([1, 7, 30], 8, seed=3)
+    X, mask = _batch(bags)
+    with torch.no_grad():
+        logits, att = model(X, mask, return_att=True)
+        for i, b in enumerate(bags):
+            alone, att_alone = model(b.unsqueeze(0), return_att=True)
+            assert (logits[i] - alone[0]).abs() <= 1e-5
+            assert (att[i, : b.shape[0]] - att_alone[0]).abs().max() <= 1e-5
+
+
 def test_lazy_in_shape_and_more_layers():
     model = TransMIL(n_layers=3, use_mlp=True, dropout=0.1, **SMALL)
     logits = model(torch.randn(2, 7, 9))

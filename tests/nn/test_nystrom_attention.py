@@ -173,3 +173,87 @@ def test_torchscript_matches_eager():
         y_ref, factors_ref = att(X, mask, return_att=True)
         assert (y - y_ref).abs().max() <= 1e-6
         assert all((a - b).abs().max() <= 1e-6 for a, b in zip(factors, factors_ref))
+
+
+# ---- landmarks="torchmil": torchmil 1.0.2's scheme, bag by bag ---------------------------------------------
+
+
+def _torchmil_pair(in_dim=8, att_dim=16, n_heads=2, n_landmarks=5, seed=0):
+    """torchmil's NystromAttention with random weights and milsdk's torchmil scheme holding the same weights
+    (milsdk's out_proj set to the identity torchmil has at out_dim == att_dim)."""
+    from torchmil.nn.attention import NystromAttention as Reference
+
+    torch.manual_seed(seed)
+    ref = Reference(att_dim, att_dim=att_dim, n_heads=n_heads, n_landmarks=n_landmarks).eval()
+    ours = NystromAttention(att_dim, att_dim=att_dim, n_heads=n_heads, n_landmarks=n_landmarks,
+                            landmarks="torchmil").eval()
+    with torch.no_grad():
+        ours.qkv.weight.copy_(ref.qkv_nn.weight)
+        ours.out_proj.weight.copy_(torch.eye(att_dim))
+        ours.out_proj.bias.zero_()
+    return ref, ours
+
+
+@pytest.mark.parametrize("length", [1, 4, 5, 6, 11, 23, 100])
+def test_torchmil_scheme_equals_torchmil_on_a_bag(length):
+    # Below, at and above n_landmarks = 5, a multiple of it and not: the front zero tokens, the all-zero
+    # landmarks and the windows of l_b tokens are all exercised; torchmil's float32 pinv vs milsdk's float64.
+    ref, ours = _torchmil_pair()
+    x = torch.randn(1, length, 16, generator=torch.Generator().manual_seed(length))
+    with torch.no_grad():
+        y_ref, att_ref = ref(x, return_att=True)
+        y, factors = ours(x, return_att=True)
+    assert (y - y_ref).abs().max() <= 1e-5
+    k1, pinv, k3 = factors
+    assert k1.shape == (1, 2, length, 5)  # always n_landmarks landmarks, as torchmil
+    assert ((k1 @ pinv @ k3) - att_ref).abs().max() <= 1e-5
+
+
+def test_torchmil_scheme_hand_computed_landmarks():
+    # 3 tokens, m = 2: one zero token in front, windows [0, x0] and [x1, x2], each divided by l = 2. With
+    # q = k = v = x and one head, kernel3's row for landmark 0 is softmax over (zero key, x0, x1, x2) minus
+    # the zero key's column.
+    x = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])
+    att = NystromAttention(2, learn_weights=False, n_heads=1, n_landmarks=2, landmarks="torchmil")
+    _, (k1, _, k3) = att(x, return_att=True)
+    land = torch.stack([x[0, 0] / 2, (x[0, 1] + x[0, 2]) / 2])
+    s = 2**-0.5
+    scores3 = torch.cat([torch.zeros(2, 1), land @ x[0].T], dim=1) * s
+    assert torch.allclose(k3[0, 0], torch.softmax(scores3, dim=-1)[:, 1:], atol=1e-6)
+    assert torch.allclose(k1[0, 0], torch.softmax(x[0] @ land.T * s, dim=-1), atol=1e-6)
+
+
+def test_torchmil_scheme_padding_never_changes_real_outputs():
+    _, ours = _torchmil_pair(seed=1)
+    lengths = [13, 5, 1, 0]
+    X, mask = _padded_batch(lengths, 13, 16, seed=2)
+    with torch.no_grad():
+        y = ours(X, mask)
+        for b, n in enumerate(lengths):
+            if n:
+                assert (y[b, :n] - ours(X[b : b + 1, :n])[0]).abs().max() <= 1e-5
+    assert torch.isfinite(y).all() and (y[3] == 0).all()
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_torchmil_scheme_torchscript_matches_eager():
+    _, ours = _torchmil_pair(seed=3)
+    scripted = torch.jit.script(ours)
+    X, mask = _padded_batch([9, 3], 9, 16)
+    assert (scripted(X, mask, False) - ours(X, mask)).abs().max() <= 1e-6
+
+
+def test_unknown_landmark_scheme_raises():
+    with pytest.raises(ValueError, match="landmarks='lucidrains'"):
+        NystromAttention(8, landmarks="lucidrains")
+
+
+def test_pinv_shared_over_heads_equals_torchmil_for_one_bag():
+    # torchmil scales by the maximum over its whole batch; for one bag that is the maximum over its heads.
+    from torchmil.nn.attention.nystrom_attention import moore_penrose_iter_pinv as reference
+
+    x = torch.softmax(torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    x[0, 1] *= 3.0  # heads with different norms: the shared scale differs from each head's own
+    ours = moore_penrose_iter_pinv(x, 2, shared_axes=1)
+    assert torch.allclose(ours, reference(x.float(), 2).double(), atol=1e-6)
+    assert not torch.allclose(ours, moore_penrose_iter_pinv(x, 2), atol=1e-3)

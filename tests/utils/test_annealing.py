@@ -41,19 +41,20 @@ def test_linear_continues_past_n_steps_unless_clamped():
 
 
 def test_cyclical_warmup_ramp_and_hold():
-    # warm-up 2 steps at min, then cycles of 4: ramp over int(4 * 0.5) = 2 steps (0, 0.5), hold 1 for 2 steps
+    # warm-up 2 steps at min, then (from step 3, torchmil's phase) cycles of 4: ramp over int(4 * 0.5) = 2 steps
+    # (0, 0.5), hold 1 for 2 steps
     scheduler = CyclicalAnnealingScheduler(
         cycle_len=4, min_coef=0.0, max_coef=1.0, cycle_prop=0.5, warmup_steps=2
     )
-    assert _coefs(scheduler, 11) == pytest.approx([0, 0, 0, 0.5, 1, 1, 0, 0.5, 1, 1, 0, 0.5])
+    assert _coefs(scheduler, 11) == pytest.approx([0, 0, 0, 0, 0.5, 1, 1, 0, 0.5, 1, 1, 0])
     assert scheduler.coef_at(100) == scheduler.coef_at(100 - 4)
 
 
 def test_cyclical_range_and_zero_ramp():
     scheduler = CyclicalAnnealingScheduler(cycle_len=5, min_coef=0.2, max_coef=0.6, cycle_prop=0.4)
-    assert [scheduler.coef_at(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.6, 0.6, 0.2])
+    assert [scheduler.coef_at(t) for t in range(7)] == pytest.approx([0.2, 0.2, 0.4, 0.6, 0.6, 0.6, 0.2])
     jump = CyclicalAnnealingScheduler(cycle_len=3, cycle_prop=0.0)
-    assert [jump.coef_at(t) for t in range(3)] == [1.0, 1.0, 1.0]
+    assert [jump.coef_at(t) for t in range(4)] == [0.0, 1.0, 1.0, 1.0]
 
 
 def test_state_dict_round_trip():

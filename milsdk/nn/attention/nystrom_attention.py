@@ -30,7 +30,7 @@ def _masked_softmax_last(
     return weights * keep_rows.to(weights.dtype)
 
 
-def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6, shared_axes: int = 0) -> torch.Tensor:
     r"""Moore–Penrose pseudo-inverse of a batch of square matrices by the iteration of Razavi et al. (2014).
 
     .. math::
@@ -45,6 +45,9 @@ def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
     Args:
         x: (..., M, M) matrices.
         iters: number of iterations (6 is the Nyströmformer default).
+        shared_axes: how many batch axes next to the matrices share one initial scale (0 = each matrix its
+            own; 1 on (B, h, M, M) = a bag's heads together, which is what torchmil's batch-wide scale computes
+            for a bag alone). The iteration stops short of convergence, so the scale shows in the result.
 
     Returns:
         (..., M, M) approximate pseudo-inverses.
@@ -52,6 +55,9 @@ def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
     abs_x = x.abs()
     norm_1 = abs_x.sum(dim=-2).amax(dim=-1, keepdim=True)  # max column sum
     norm_inf = abs_x.sum(dim=-1).amax(dim=-1, keepdim=True)  # max row sum
+    for i in range(shared_axes):
+        norm_1 = norm_1.amax(dim=-2 - i, keepdim=True)
+        norm_inf = norm_inf.amax(dim=-2 - i, keepdim=True)
     scale = (norm_1 * norm_inf).clamp_min(1.1754943508222875e-38).unsqueeze(-1)  # float32 tiny (also > 0 in f64)
     z = x.transpose(-1, -2) / scale
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
@@ -76,6 +82,10 @@ def nystrom_attention_rows(
     """
     kernel1, kernel2_pinv, kernel3 = att
     return (kernel1.index_select(2, index) @ kernel2_pinv) @ kernel3
+
+
+# The landmark schemes NystromAttention(landmarks=...) knows (see its docstring).
+LANDMARK_SCHEMES = ("segments", "torchmil")
 
 
 def _landmark_count(n_landmarks: int, seq_len: int) -> int:
@@ -119,6 +129,12 @@ class NystromAttention(torch.nn.Module):
             q = k = v = X and the output projection exists only when ``out_dim != in_dim``.
         n_landmarks: m, the maximum number of landmarks per bag.
         pinv_iterations: iterations of :func:`moore_penrose_iter_pinv`.
+        landmarks: ``"segments"`` (the scheme above) or ``"torchmil"``, torchmil 1.0.2's scheme applied to each
+            bag's real tokens, for models converted from torchmil (:func:`milsdk.models.from_torchmil`): the
+            bag is front-padded with :math:`P_b = m l_b - n_b` zero tokens, :math:`l_b = \lceil n_b/m\rceil`;
+            always :math:`m` landmarks, each the sum of a window of :math:`l_b` tokens divided by :math:`l_b`
+            (zero tokens included); the zero tokens are keys (score 0, value 0); the pseudo-inverse's
+            initial scale is shared by a bag's heads. Still padding-invariant: nothing depends on the batch.
     """
 
     def __init__(
@@ -130,8 +146,12 @@ class NystromAttention(torch.nn.Module):
         learn_weights: bool = True,
         n_landmarks: int = 256,
         pinv_iterations: int = 6,
+        *,
+        landmarks: str = "segments",
     ) -> None:
         super().__init__()
+        if landmarks not in LANDMARK_SCHEMES:
+            raise ValueError(f"NystromAttention: landmarks={landmarks!r}, expected one of {LANDMARK_SCHEMES}")
         out_dim = in_dim if out_dim is None else out_dim
         if not learn_weights:
             att_dim = in_dim
@@ -145,6 +165,7 @@ class NystromAttention(torch.nn.Module):
         self.n_heads, self.head_dim = n_heads, att_dim // n_heads
         self.learn_weights = learn_weights
         self.n_landmarks, self.pinv_iterations = n_landmarks, pinv_iterations
+        self.landmarks = landmarks
         self.scale = float(self.head_dim) ** -0.5
         self.qkv = torch.nn.Linear(in_dim, 3 * att_dim, bias=False) if learn_weights else None
         if learn_weights or out_dim != att_dim:
@@ -165,21 +186,35 @@ class NystromAttention(torch.nn.Module):
         keep = as_bool_mask(mask, x)
         work_dtype = torch.promote_types(x.dtype, torch.float32)
 
-        # Landmark segments of each bag's own real tokens: rank r -> floor(r * m_b / n_b); padding -> none.
         real = keep.to(torch.long)
         n_real = real.sum(dim=1, keepdim=True)  # (B, 1)
         rank = real.cumsum(dim=1) - 1  # (B, L)
-        m = _landmark_count(self.n_landmarks, L)
-        m_b = n_real.clamp(max=m)
-        segment = torch.div(rank * m_b, n_real.clamp_min(1), rounding_mode="floor")
-        segment = torch.where(keep, segment, torch.full_like(segment, -1))
+        if self.landmarks == "torchmil":
+            # torchmil's scheme on each bag's own real tokens: P_b = m * l_b - n_b zero tokens in front
+            # (l_b = ceil(n_b / m)), then m windows of l_b tokens; a landmark is its window's sum / l_b, zeros
+            # included. The zero tokens (q = k = v = 0: the projections have no bias) are keys too, see kernel3.
+            m = self.n_landmarks
+            per_window = torch.div(n_real + (m - 1), m, rounding_mode="floor").clamp_min(1)  # (B, 1) l_b
+            n_front = m * per_window - n_real  # (B, 1) P_b
+            segment = torch.div(rank + n_front, per_window, rounding_mode="floor")
+            divisor = per_window.unsqueeze(-1).to(x.dtype)  # (B, 1, 1)
+            has_landmark = (n_real > 0).expand(B, m)  # (B, m): every window, also all-zero ones
+        else:
+            # Landmark segments of each bag's own real tokens: rank r -> floor(r * m_b / n_b).
+            m = _landmark_count(self.n_landmarks, L)
+            m_b = n_real.clamp(max=m)
+            segment = torch.div(rank * m_b, n_real.clamp_min(1), rounding_mode="floor")
+            n_front = torch.zeros_like(n_real)
+            divisor = torch.ones(1, 1, 1, dtype=x.dtype, device=x.device)
+            has_landmark = torch.arange(m, device=x.device).unsqueeze(0) < m_b  # (B, m)
+        segment = torch.where(keep, segment, torch.full_like(segment, -1))  # padding -> no segment
         slots = torch.arange(m, device=x.device)
         assign = (segment.unsqueeze(-1) == slots).to(x.dtype)  # (B, L, m) one-hot, padding rows all 0
-        counts = assign.sum(dim=1, keepdim=True)  # (B, 1, m)
-        has_landmark = slots.unsqueeze(0) < m_b  # (B, m)
-        # Segment means of the input: the bias-free q/k projections commute with the mean, so projecting the m
+        if self.landmarks != "torchmil":
+            divisor = assign.sum(dim=1, keepdim=True).clamp_min(1)  # (B, 1, m) segment sizes: means
+        # Pooled inputs: the bias-free q/k projections commute with the pooling, so projecting the m
         # landmark inputs costs O(m) instead of pooling q and k over all L tokens.
-        x_land = (assign / counts.clamp_min(1)).transpose(1, 2) @ x  # (B, m, in_dim)
+        x_land = (assign / divisor).transpose(1, 2) @ x  # (B, m, in_dim)
 
         if self.qkv is not None:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -199,11 +234,23 @@ class NystromAttention(torch.nn.Module):
         scores1 = q @ (k_land * self.scale).transpose(-1, -2)
         kernel1 = _masked_softmax_last(scores1, lm_col, keep[:, None, :, None])
         kernel2 = _masked_softmax_last(q_land @ k_land.transpose(-1, -2), lm_col, lm_row)
-        kernel3 = _masked_softmax_last(q_land @ k.transpose(-1, -2), keep[:, None, None, :], lm_row)
+        scores3 = q_land @ k.transpose(-1, -2)  # (B, h, m, L)
+        if self.landmarks == "torchmil":
+            # The P_b front zero keys (score 0, value 0) as one more column with logit log(P_b): the same
+            # softmax denominator; the column is then dropped (its values are 0).
+            zeros_in_front = n_front > 0  # (B, 1)
+            front = torch.log(n_front.clamp_min(1).to(work_dtype)).reshape(B, 1, 1, 1)
+            front = front.expand(B, self.n_heads, m, 1)
+            scores3 = torch.cat([scores3, front], dim=-1)
+            cols = torch.cat([keep, zeros_in_front], dim=1)[:, None, None, :]
+            kernel3 = _masked_softmax_last(scores3, cols, lm_row)[..., :L]
+        else:
+            kernel3 = _masked_softmax_last(scores3, keep[:, None, None, :], lm_row)
         # The iteration multiplies the m x m kernel by itself ~18 times: in float32 an ill-conditioned kernel (an
         # untrained or a trained model alike) amplifies rounding so that two runtimes' GEMM kernels disagree by
         # 1e-4 on the logits. In float64 (m <= n_landmarks, so O(m^3) and cheap) they agree to float32 rounding.
-        kernel2_pinv = moore_penrose_iter_pinv(kernel2.double(), self.pinv_iterations).to(work_dtype)
+        shared = 1 if self.landmarks == "torchmil" else 0
+        kernel2_pinv = moore_penrose_iter_pinv(kernel2.double(), self.pinv_iterations, shared).to(work_dtype)
 
         out = kernel1 @ (kernel2_pinv @ (kernel3 @ v))  # (B, h, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.att_dim).to(x.dtype)
@@ -257,7 +304,8 @@ class NystromAttention(torch.nn.Module):
         Returns:
             y: (B, L, out_dim), 0 at padded positions; with ``return_att`` also ``(kernel1 (B, h, L, m),
             kernel2_pinv (B, h, m, m), kernel3 (B, h, m, L))`` (float32 at least), with m = min(n_landmarks,
-            L); rows of padded tokens and unused landmarks are 0.
+            L) (``n_landmarks`` with ``landmarks="torchmil"``); rows of padded tokens and unused landmarks
+            are 0.
         """
         y, att = self.forward_att(x, mask)
         if return_att:
@@ -268,5 +316,5 @@ class NystromAttention(torch.nn.Module):
         return (
             f"in_dim={self.in_dim}, out_dim={self.out_dim}, att_dim={self.att_dim}, n_heads={self.n_heads}, "
             f"learn_weights={self.learn_weights}, n_landmarks={self.n_landmarks}, "
-            f"pinv_iterations={self.pinv_iterations}"
+            f"pinv_iterations={self.pinv_iterations}, landmarks={self.landmarks!r}"
         )
