@@ -36,6 +36,11 @@ class ExportError(MILSDKError, RuntimeError):
     """Exporting a model to ONNX / TorchScript failed."""
 
 
+class ExportWriteError(ExportError, OSError):
+    """An exported file could not be written (a full disk, a quota, permissions): both an ``ExportError`` and the
+    ``OSError`` a caller of a file-writing function expects."""
+
+
 class VerificationError(ExportError):
     """An exported artifact disagrees with eager PyTorch beyond tolerance."""
 

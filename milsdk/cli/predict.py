@@ -22,7 +22,9 @@ _TRAILING_COLUMNS = ("label", "error")
 
 @click.command("predict")
 @click.argument("model_or_url")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+# readable=False: an unreadable file gets its own CSV row with the error while the others finish (click's own
+# check would stop the whole command)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False, path_type=Path))
 @click.option("--model-name", help="Model name on the Triton server (needed when MODEL_OR_URL is a URL).")
 @click.option(
     "--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,

@@ -27,7 +27,7 @@ def _without_nproc(args: list[str]) -> list[str]:
 
 
 @click.command("train")
-@click.argument("data_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("data_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--demo", is_flag=True, help="Train on the built-in demo dataset (bags of 8x8 digits; positive iff a 9).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.ckpt).")

@@ -79,6 +79,33 @@ def _pad_dense_square(tensor_list: Sequence[torch.Tensor], max_n: int) -> torch.
 
 
 _SQUARE_KEYS = ("adj",)
+# Keys whose first axis is the bag's instances, so their length must agree with X's; other keys (a survival
+# label (2,), say) are padded along their first axis without that check.
+_INSTANCE_KEYS = ("X", "y_inst", "coords")
+
+
+def _check_rows(key: str, values: Sequence[torch.Tensor], lengths: list[int] | None) -> None:
+    """Every bag's ``key`` is (n_i, *rest) with one ``rest``, and an instance key has the n_i of its bag's X."""
+    rest = tuple(values[0].shape[1:])
+    for i, v in enumerate(values):
+        if v.dim() == 0 or tuple(v.shape[1:]) != rest:
+            raise BagError(
+                f"collate_fn: bag {i} key {key!r} has shape {tuple(v.shape)}, "
+                f"bag 0 has (n, {', '.join(map(str, rest))})"
+            )
+        if lengths is not None and key in _INSTANCE_KEYS and int(v.shape[0]) != lengths[i]:
+            raise BagError(
+                f"collate_fn: bag {i} key {key!r} has {int(v.shape[0])} instances, its 'X' has {lengths[i]}"
+            )
+
+
+def _check_square(key: str, values: Sequence[torch.Tensor], lengths: list[int] | None) -> None:
+    """Every bag's ``key`` is (n_i, n_i, ...), n_i its number of instances when known."""
+    for i, v in enumerate(values):
+        n = lengths[i] if lengths is not None else int(v.shape[0]) if v.dim() >= 1 else 0
+        if v.dim() < 2 or tuple(v.shape[:2]) != (n, n):
+            expected = f"expected ({n}, {n}) for its {n} instances" if lengths is not None else "expected (n, n)"
+            raise BagError(f"collate_fn: bag {i} key {key!r} has shape {tuple(v.shape)}, {expected}")
 
 
 def collate_fn(batch_list: Sequence[Mapping[str, torch.Tensor]], sparse: bool = True) -> TensorDict:
@@ -86,7 +113,7 @@ def collate_fn(batch_list: Sequence[Mapping[str, torch.Tensor]], sparse: bool = 
 
     Scalars (0-dim, e.g. ``Y``) are stacked to (B,); tensors with an instance axis are zero-padded to the largest
     bag; ``adj`` (N, N), dense or sparse COO, is padded on both axes. ``mask`` is added from the first padded key
-    (``X`` when present).
+    (``X`` when present). ``y_inst``, ``coords`` and ``adj`` must have the N of their bag's ``X``.
 
     Args:
         batch_list: B bags, each a dict or ``TensorDict`` with the same keys, e.g. ``X`` (n_i, D), ``Y`` (),
@@ -95,6 +122,10 @@ def collate_fn(batch_list: Sequence[Mapping[str, torch.Tensor]], sparse: bool = 
 
     Returns:
         TensorDict with ``X`` (B, N, D), ``Y`` (B,), ``mask`` (B, N) bool, and the other keys padded likewise.
+
+    Raises:
+        BagError: naming the bag and the key: an empty batch, bags with different keys, a key whose trailing shape
+            differs between bags (features of another D), or an instance key whose length is not its bag's N.
     """
     if len(batch_list) == 0:
         raise BagError("collate_fn: got an empty batch")
@@ -111,6 +142,7 @@ def collate_fn(batch_list: Sequence[Mapping[str, torch.Tensor]], sparse: bool = 
         if values[0].dim() == 0:
             out[key] = torch.stack(values)
         elif key in _SQUARE_KEYS:
+            _check_square(key, values, lengths)
             n_max = max(int(v.shape[0]) for v in values) if lengths is None else max(lengths)
             if values[0].is_sparse:
                 adj = _pad_sparse_square(values, n_max)
@@ -118,6 +150,7 @@ def collate_fn(batch_list: Sequence[Mapping[str, torch.Tensor]], sparse: bool = 
             else:
                 out[key] = _pad_dense_square(values, n_max)
         else:
+            _check_rows(key, values, lengths if "X" in keys else None)
             padded, key_mask = pad_tensors(values)
             out[key] = padded
             if mask is None:

@@ -207,11 +207,17 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
         """Needed quantities that are read from files, in load order."""
         return [q for q in _QUANTITIES if q in self._needed and self._has_source(q)]
 
+    def _check_folder(self, arg: str, folder: Path) -> None:
+        if folder.exists() and not folder.is_dir():
+            raise DatasetError(f"{arg} {folder}: is a file, not a folder")
+        if not folder.is_dir():
+            raise DatasetNotFoundError(f"{arg} {folder}: folder not found")
+
     def _check_folders(self) -> None:
         for q in self._sources():
             folder = getattr(self, _PATH_ARG[q])
-            if folder is not None and not folder.is_dir():
-                raise DatasetNotFoundError(f"{self._ARG_NAMES[q]} {folder}: folder not found")
+            if folder is not None:
+                self._check_folder(self._ARG_NAMES[q], folder)
 
     def _discover_bag_names(self, bag_names: Iterable[str] | None) -> list[str]:
         if bag_names is not None:
@@ -221,8 +227,7 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
             return names
         if self.features_path is None:
             raise DatasetError("features_path is needed to list the bags (or give bag_names)")
-        if not self.features_path.is_dir():
-            raise DatasetNotFoundError(f"features_path {self.features_path}: folder not found")
+        self._check_folder(self._ARG_NAMES["X"], self.features_path)
         names = sorted(
             p.name[: -len(self.file_ext)]
             for p in self.features_path.iterdir()
@@ -251,6 +256,8 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
         ]
         if missing:
             name, q, path = missing[0]
+            if path.is_dir():
+                raise DatasetError(f"bag '{name}': {_WHAT[q]} file {path} is a directory, not a file")
             more = f" ({len(missing) - 1} more missing files)" if len(missing) > 1 else ""
             raise DatasetNotFoundError(f"bag '{name}': {_WHAT[q]} file not found: {path}{more}")
 
@@ -309,8 +316,13 @@ class ProcessedMILDataset(torch.utils.data.Dataset):
                     f"{self._source_name('X', name)}: features must be numeric, found {X.dtype}"
                 )
             bag["X"] = X = X.astype(np.float32, copy=False)
-            if not np.all(np.isfinite(X)):
-                raise DatasetError(f"{self._source_name('X', name)}: features contain NaN or inf")
+            finite = np.isfinite(X)
+            if not finite.all():
+                bad = np.argwhere(~finite)
+                raise DatasetError(
+                    f"{self._source_name('X', name)}: features contain NaN or inf ({len(bad)} value"
+                    f"{'s' if len(bad) > 1 else ''}, the first at instance {bad[0][0]})"
+                )
             n = X.shape[0]
         if "coords" in bag:
             coords = bag["coords"]

@@ -34,6 +34,8 @@ def artifact_format(path: str | os.PathLike) -> str:
         ArtifactError: the file does not exist or has another suffix.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory, not an artifact file (.onnx or .pt)")
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     for fmt, suffixes in FORMAT_SUFFIXES.items():

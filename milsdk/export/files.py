@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from milsdk.errors import ExportError
+from milsdk.errors import ExportError, ExportWriteError
 
-__all__ = ["atomic_write", "check_folder_target", "place_tree"]
+__all__ = ["atomic_write", "check_folder_target", "place_tree", "write_error"]
+
+# errno values that mean "no room": the message then says so
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _first_error(exc: OSError) -> OSError:
+    """copytree reports every failed file in one ``shutil.Error`` of (src, dst, reason) triples: the first one,
+    as an OSError with its errno, is what the user needs to read."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        reason = str(exc.args[0][0][2])
+        code = re.match(r"\[Errno (\d+)\] (.*)", reason)
+        return OSError(int(code.group(1)), code.group(2)) if code else OSError(errno.EIO, reason)
+    return exc
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> ExportWriteError:
+    """The one-line error for a write that failed: the file, the system's reason, and a hint when the disk (or a
+    quota, or a file-size limit) is full."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    hint = "; is the disk full?" if exc.errno in _NO_SPACE else ""
+    return ExportWriteError(f"{path}: cannot write it ({reason}){hint}")
 
 
 def _umask() -> int:
@@ -33,15 +56,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
     Returns:
         ``path``. On any error (or interrupt) the temporary file is removed and ``path`` is untouched.
+
+    Raises:
+        ExportWriteError: the file cannot be written (full disk, permissions), naming it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     try:
         write(tmp)
         _publish_modes(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a file-size limit, permissions: one line naming the file
+        raise write_error(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -91,15 +122,27 @@ def place_tree(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
     Returns:
         ``dest``.
+
+    Raises:
+        ExportWriteError: a file cannot be written (full disk, permissions), naming the target; nothing is left
+            half written.
     """
     source, dest = Path(source), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not dest.exists():
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            staging = None
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    except OSError as exc:
+        raise write_error(dest, exc) from None
+    if staging is not None:
         try:
             shutil.copytree(source, staging, dirs_exist_ok=True)
             _publish_modes(staging)
             os.replace(staging, dest)
+        except OSError as exc:
+            raise write_error(dest, _first_error(exc)) from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging)

@@ -3,6 +3,9 @@
 With the ``onnx`` package the graph itself is read; a client-only install (numpy + onnxruntime, no torch and no
 ``onnx``, ``pip install "milsdk[client]"``) reads the same facts from an onnxruntime session instead, so that
 ``milsdk inspect model.onnx`` works there too.
+
+Every file is checked with :func:`milsdk.utils.onnx_external_data.check_external_data` before ``onnx`` or
+onnxruntime opens it: external data outside the model's folder is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from milsdk.contract import METADATA_KEY, ModelInfo
 from milsdk.errors import ArtifactError
 from milsdk.export.quiet import first_line
 from milsdk.export.spec import TensorSpec
+from milsdk.utils.onnx_external_data import check_external_data
 
 __all__ = ["load_onnx", "onnx_signature", "read_onnx_file", "read_onnx_info"]
 
@@ -68,17 +72,18 @@ def read_onnx_info(proto: Any, source: str = "model.onnx") -> ModelInfo:
     return _info({p.key: p.value for p in proto.metadata_props}, source)
 
 
+# -- reading -----------------------------------------------------------------------------------------------------
 def load_onnx(path: str | os.PathLike) -> Any:
     """Read an ONNX file (weights included) with the ``onnx`` package.
 
     Raises:
-        ArtifactError: missing or not an ONNX model.
+        ArtifactError: missing, not an ONNX model, or external data outside its folder
+            (:func:`~milsdk.utils.onnx_external_data.check_external_data`).
     """
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
+    check_external_data(path)  # a missing file or a directory is named as such here
     try:
         return onnx.load_model(str(path))
     except Exception as exc:  # noqa: BLE001 - onnx raises anything on a foreign file
@@ -113,8 +118,7 @@ def read_onnx_file(path: str | os.PathLike) -> tuple[list[TensorSpec], list[Tens
 def _read_with_onnxruntime(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], ModelInfo, int | None]:
     import onnxruntime as ort
 
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
+    check_external_data(path)  # a missing file or a directory is named as such here
     options = ort.SessionOptions()
     # only the graph's signature and metadata are read: no optimisation pass, one thread
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -272,6 +272,22 @@ class MILModelWrapper(torch.nn.Module):
             )
         if X.shape[1] == 0:
             raise BagError("bag key 'X' has 0 instances")
+        name = type(self.model).__name__
+        if not X.is_floating_point():
+            raise BagError(f"bag key 'X' has dtype {X.dtype}, model {name} expects floating-point features")
+        bad = int((~torch.isfinite(X)).sum())
+        if bad:
+            raise BagError(f"bag key 'X' holds {bad} NaN/inf value{'s' if bad > 1 else ''}")
+        batch, n = int(X.shape[0]), int(X.shape[1])
+        mask, coords, adj = args.get("mask"), args.get("coords"), args.get("adj")
+        if mask is not None and tuple(mask.shape) != (batch, n):
+            raise BagError(
+                f"bag key 'mask' has shape {tuple(mask.shape)}, expected ({batch}, {n}) (batch, instances of 'X')"
+            )
+        if coords is not None and (coords.dim() != 3 or tuple(coords.shape[:2]) != (batch, n)):
+            raise BagError(f"bag key 'coords' has shape {tuple(coords.shape)}, expected ({batch}, {n}, d)")
+        if adj is not None and tuple(adj.shape) != (batch, n, n):
+            raise BagError(f"bag key 'adj' has shape {tuple(adj.shape)}, expected ({batch}, {n}, {n})")
         for key in getattr(self.model, "extra_inputs", ()):
             if key not in args:
                 raise BagError(f"model {type(self.model).__name__} needs bag key {key!r}, which the bag lacks")

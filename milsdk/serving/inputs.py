@@ -143,6 +143,8 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 raise BagError(f"{path}: no dataset {' or '.join(map(repr, _H5_FEATURES))}; datasets: {sorted(f)}")
             features = np.asarray(f[name][()])
             coords = np.asarray(f[_H5_COORDS][()]) if isinstance(f.get(_H5_COORDS), h5py.Dataset) else None
+    except BagError:  # our own "no dataset" message, not to be wrapped in "cannot read .h5 file (...)"
+        raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise BagError(f"{path}: cannot read .h5 file ({_one_line(exc)})") from None
     return features, coords

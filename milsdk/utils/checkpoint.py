@@ -1,22 +1,28 @@
 """Checkpoints: one file that rebuilds a model by itself, and never runs code from the file.
 
-File format (a ``torch.save`` of plain data only, read back with ``torch.load(weights_only=True)``)::
+File format (version 2): one safetensors file. The tensors are the model's ``state_dict``; the header's string
+metadata holds the rest, as JSON where it is structured::
 
-    {"format": "milsdk.checkpoint", "format_version": 1,
-     "model_name": "ABMIL", "config": {...JSON-like constructor arguments...},
-     "state_dict": {...tensors...}, "metadata": {...JSON-like...},
+    {"format": "milsdk.checkpoint", "format_version": "2", "model_name": "ABMIL",
+     "config": "{...JSON constructor arguments...}", "metadata": "{...JSON...}",
      "milsdk_version": "...", "torch_version": "..."}
 
+No pickle at all: reading a checkpoint from a stranger decodes a JSON header and raw tensor bytes, nothing else.
 ``config`` holds only None / bool / int / float / str / lists / dicts. A loss criterion is stored as
 ``{"__loss__": "CrossEntropyLoss", "kwargs": {...}}`` and rebuilt from ``torch.nn``; the identity feature
 extractor as None. Anything else (a custom ``feat_ext`` module) cannot be rebuilt from data alone and is refused
 at save time with a clear message.
+
+Version 1 files (a ``torch.save`` of the same fields as plain data) are still read, with
+``torch.load(weights_only=True)``, and only on a torch release whose weights-only unpickler has no known
+code-execution hole (see :data:`LEGACY_MIN_TORCH`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import pickle
 import re
@@ -31,10 +37,27 @@ import torch
 from milsdk._version import __version__
 from milsdk.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "Checkpoint",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LEGACY_MIN_TORCH",
+    "legacy_loader_is_safe",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "milsdk.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The oldest torch whose ``torch.load(weights_only=True)`` may read a version-1 (pickle-based) checkpoint. The
+#: weights-only unpickler had a code-execution bypass up to 2.5.1 (CVE-2025-32434, fixed in 2.6.0) and a
+#: memory-corruption hole leading to code execution up to 2.9.1 (CVE-2026-24747, fixed in 2.10.0); on an older
+#: torch a pickle from a stranger is not safe to open at all, so it is refused.
+LEGACY_MIN_TORCH = (2, 10)
+#: First bytes of a ``torch.save`` file: a zip archive (torch >= 1.6), or the legacy format's pickled magic number.
+#: A safetensors file starts with its header length (8 bytes, little-endian, any values) and then ``{``.
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
 _SKIPPED_LOSS_ARGS = {"size_average", "reduce"}
 
 
@@ -65,6 +88,7 @@ class Checkpoint:
                 f"checkpoint {self.path}: cannot rebuild {self.model_name} from its config: {exc}"
             ) from exc
         _load_weights(model, self.state_dict, self.path)
+        _check_class_names(self.metadata.get("class_names"), model, self.path)
         model.eval()
         model.checkpoint_metadata = dict(self.metadata)
         return model
@@ -149,11 +173,34 @@ def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], p
         )
 
 
+def _check_class_names(class_names: Any, model: torch.nn.Module, path: Path) -> None:
+    """Class names stored with a model must be one per class (2 for a binary model), or every label the model
+    predicts downstream would carry the wrong name."""
+    from milsdk.errors import ModelConfigError
+    from milsdk.utils.training_run import check_class_names  # imports this module: here, not at the top
+
+    if not class_names:
+        return
+    if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+        raise CheckpointError(
+            f"checkpoint {path}: metadata class_names must be a list of names, found {class_names!r}"
+        )
+    try:
+        check_class_names(class_names, int(getattr(model, "n_outputs", 1)))
+    except ModelConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: metadata {exc}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 # -- public API -------------------------------------------------------------------------------------------------
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
-    """Write a checkpoint that rebuilds ``model`` by itself.
+    """Write a checkpoint that rebuilds ``model`` by itself (a safetensors file, see the module docstring).
 
-    The file is written to a temporary name and renamed, so an interrupted save never leaves a half-written file.
+    The file is written to a temporary name and renamed, so an interrupted or failed save (a full disk) never
+    leaves a half-written file.
 
     Args:
         model: a registered ``MILModel`` (a lazy one must have run once so that its input size is known).
@@ -163,7 +210,14 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **metadata:
 
     Returns:
         The path written.
+
+    Raises:
+        CheckpointError: not a registered model, a config or metadata that is not plain data, or the file cannot
+            be written (the message names it and the reason).
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
     from milsdk.models import MILModel
 
     path = Path(path)
@@ -175,73 +229,155 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **metadata:
             f"save_checkpoint: {type(model).__name__} was built with in_shape=None and has not run yet, so its "
             "input size is unknown; run one batch through it or pass in_shape"
         )
-    payload = {
+    header = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": str(FORMAT_VERSION),
         "model_name": type(model).model_name,
-        "config": _encode(config, "config"),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metadata": _encode(metadata, "metadata"),
+        "config": json.dumps(_encode(config, "config")),
+        "metadata": json.dumps(_encode(metadata, "metadata")),
         "milsdk_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # safetensors refuses tensors that share memory (tied weights, views of one buffer): one copy each
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a directory, not a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot write it ({_one_line(exc)})") from None
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error type
+        raise CheckpointError(f"checkpoint {path}: cannot write it ({_one_line(exc)})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
 
 
+def legacy_loader_is_safe(torch_version: str) -> bool:
+    """Whether ``torch.load(weights_only=True)`` of this torch release may open a pickle from a stranger
+    (see :data:`LEGACY_MIN_TORCH`; a pre-release of the fixed version does not count)."""
+    from torch.torch_version import TorchVersion
+
+    try:
+        return TorchVersion(torch_version) >= LEGACY_MIN_TORCH
+    except Exception:  # noqa: BLE001 - an unparsable version string is not known to be safe
+        return False
+
+
+def _read_header(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(9)
+    except OSError as exc:  # permissions, a vanished file, an I/O error
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({_one_line(exc)})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type (and OSError) on bad files
+        raise CheckpointError(
+            f"checkpoint {path}: corrupt or not a checkpoint file ({_one_line(exc)})"
+        ) from None
+    if header.get("format") != FORMAT:
+        hint = "; it looks like bare safetensors weights: build the model and call model.load_state_dict()"
+        raise CheckpointError(
+            f"checkpoint {path}: not a milsdk checkpoint (no format {FORMAT!r}){hint if tensors else ''}"
+        )
+    fields: dict[str, Any] = {}
+    for key in ("config", "metadata"):
+        try:
+            fields[key] = json.loads(header.get(key, "{}"))
+        except ValueError as exc:
+            raise CheckpointError(
+                f"checkpoint {path}: field {key!r} is not valid JSON ({_one_line(exc)})"
+            ) from None
+    return {**header, **fields}, tensors
+
+
+def _read_legacy(path: Path, torch_version: str) -> dict[str, Any]:
+    """A version-1 checkpoint (``torch.save`` of plain data), with the weights-only unpickler of a safe torch."""
+    if not legacy_loader_is_safe(torch_version):
+        minimum = ".".join(map(str, LEGACY_MIN_TORCH))
+        raise CheckpointError(
+            f"checkpoint {path}: refused: it is a pickle-based (torch.save) file, and torch {torch_version}'s "
+            f"weights-only loader has known code-execution holes (CVE-2025-32434, CVE-2026-24747); read it with "
+            f"torch >= {minimum} and save it again (milsdk.save_checkpoint) to get a pickle-free file"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CheckpointError(
+                f"checkpoint {path}: corrupt or not a checkpoint file (unreadable pickle data)"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path}: refused: it holds pickled Python objects that are not plain data "
+            f"(it references {found.group(1)}), and loading them could run code"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint file ({_one_line(exc)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            hint = "; it looks like a bare state_dict: build the model and call model.load_state_dict()"
+        raise CheckpointError(f"checkpoint {path}: not a milsdk checkpoint (no format {FORMAT!r}){hint}")
+    return payload
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint file without building the model.
 
     Raises:
-        CheckpointError: missing, corrupt, foreign (not a milsdk checkpoint), newer format, or holding pickled
-            objects that are not plain data (refused: loading them could run code).
+        CheckpointError: missing, unreadable, corrupt or truncated, foreign (not a milsdk checkpoint), a newer
+            format, or a version-1 pickle-based file that holds objects other than plain data or that this torch
+            cannot open safely (refused: loading it could run code).
     """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found is None:
-            raise CheckpointError(f"checkpoint {path}: corrupt or not a PyTorch file (unreadable pickle data)") from None
-        raise CheckpointError(
-            f"checkpoint {path}: refused: it holds pickled Python objects that are not plain data "
-            f"(it references {found.group(1)}), and loading them could run code"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path}: corrupt or not a PyTorch file ({first})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        hint = ""
-        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-            hint = "; it looks like a bare state_dict: build the model and call model.load_state_dict()"
-        raise CheckpointError(f"checkpoint {path}: not a milsdk checkpoint (no format {FORMAT!r}){hint}")
+    magic = _read_header(path)
+    if magic[8:9] != b"{" and magic.startswith(_TORCH_SAVE_MAGIC):
+        payload = _read_legacy(path, str(torch.__version__))
+        state_dict = payload.get("state_dict")
+    else:
+        payload, state_dict = _read_safetensors(path)
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not a number") from None
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path}: format version {version!r} is newer than this milsdk reads ({FORMAT_VERSION}); "
+            f"checkpoint {path}: format version {version} is newer than this milsdk reads ({FORMAT_VERSION}); "
             "upgrade milsdk"
         )
+    payload["state_dict"] = state_dict
     for key, kind in (("model_name", str), ("config", dict), ("state_dict", dict)):
         if not isinstance(payload.get(key), kind):
             raise CheckpointError(f"checkpoint {path}: field {key!r} is missing or not a {kind.__name__}")
+    metadata = payload.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {path}: field 'metadata' is not a dict")
     return Checkpoint(
         path=path,
         model_name=payload["model_name"],
         config=_decode(payload["config"]),
-        state_dict=payload["state_dict"],
-        metadata=dict(payload.get("metadata") or {}),
+        state_dict=state_dict,
+        metadata=dict(metadata),
         milsdk_version=str(payload.get("milsdk_version", "")),
         torch_version=str(payload.get("torch_version", "")),
     )
@@ -251,7 +387,7 @@ def load_checkpoint(path: str | os.PathLike) -> torch.nn.Module:
     """Rebuild the model stored in a checkpoint (eval mode, on the CPU).
 
     Args:
-        path: a file written by :func:`save_checkpoint`.
+        path: a file written by :func:`save_checkpoint` (or a version-1 file, see the module docstring).
 
     Returns:
         The model, with its weights and ``model.checkpoint_metadata`` (the metadata saved with it).

@@ -53,6 +53,8 @@ def open_artifact(path: str | Path, **options: Any) -> Backend:
         **options: passed to the backend (e.g. ``providers``, ``intra_op_threads`` for onnxruntime).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory, not an artifact file (.onnx or .pt)")
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     suffix = path.suffix.lower()
