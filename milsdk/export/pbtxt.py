@@ -1,107 +1,79 @@
-"""A reader for protobuf text format, the subset Triton's config.pbtxt files use.
+"""Triton model configs (config.pbtxt) read and written through Triton's own schema.
 
-Fields ``key: value``, nested messages ``key { ... }`` (also ``key: { ... }`` and ``< ... >``), lists
-``key: [ ... ]``, repeated fields, ``#`` comments, strings, numbers, enum identifiers and booleans. No schema:
-it returns plain dicts and lists.
+The schema is ``inference.ModelConfig`` from Triton's model_config.proto, compiled into tritonclient
+(``tritonclient.grpc.model_config_pb2``); protobuf's text format reads and writes it. A config Triton would
+refuse to parse (an unknown field, a wrong enum value, a string where a number goes) is refused here, with the
+file, line, field and protobuf's reason, instead of at server start.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from milsdk.errors import ArtifactError
 
-__all__ = ["parse_pbtxt"]
+__all__ = ["model_config_schema", "model_config_text", "parse_model_config"]
 
-_TOKEN = re.compile(
-    r'\s+|#[^\n]*|(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)'
-    r"|(?P<id>[A-Za-z_][\w.]*)"
-    r"|(?P<p>[{}\[\]:,;<>])"
-)
+_FIELD_HERE = re.compile(r"([A-Za-z_]\w*)\s*[:{<\[]")
+_FIELD_BEFORE = re.compile(r"([A-Za-z_]\w*)\s*:\s*\[?[^:\[\]{}<>]*$")
 
 
-def _tokens(text: str, source: str) -> list[tuple[str, str]]:
-    out, pos = [], 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise ArtifactError(f"{source}: cannot parse config at character {pos}: {text[pos : pos + 20]!r}")
-        pos = m.end()
-        for kind in ("str", "num", "id", "p"):
-            if m.group(kind) is not None:
-                out.append((kind, m.group(kind)))
-    return out
+def model_config_schema() -> Any:
+    """The ``model_config_pb2`` module (``ModelConfig``, ``DataType``, ``ModelInstanceGroup``, ...)."""
+    try:
+        import tritonclient.grpc.model_config_pb2 as schema
+    except ImportError as exc:  # an install without tritonclient's gRPC part
+        raise ArtifactError(
+            f"Triton configs need tritonclient's model_config_pb2 ({exc}); pip install 'tritonclient[grpc]'"
+        ) from None
+    return schema
 
 
-def _scalar(kind: str, value: str) -> Any:
-    if kind == "str":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value[1:-1]
-    if kind == "num":
-        return float(value) if any(c in value for c in ".eE") else int(value)
-    return {"true": True, "false": False}.get(value, value)
+def _field_at(line: str, column: int) -> str | None:
+    """The config field a text-format error points at: the name at ``column`` (1-based) when the error is on a
+    field name, else the field whose value holds that column."""
+    if column - 1 >= len(line.rstrip()):  # past the line's end: the text ended early, no field is at fault
+        return None
+    here = _FIELD_HERE.match(line, max(column - 1, 0))
+    if here:
+        return here.group(1)
+    before = _FIELD_BEFORE.search(line[: max(column - 1, 0)])
+    return before.group(1) if before else None
 
 
-class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]], source: str) -> None:
-        self.tokens, self.i, self.source = tokens, 0, source
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def next(self) -> tuple[str, str]:
-        tok = self.peek()
-        if tok is None:
-            raise ArtifactError(f"{self.source}: config ends unexpectedly")
-        self.i += 1
-        return tok
-
-    def message(self, closing: str | None) -> dict[str, list[Any]]:
-        fields: dict[str, list[Any]] = {}
-        while True:
-            tok = self.peek()
-            if tok is None or (closing and tok == ("p", closing)):
-                if closing:
-                    self.next()
-                elif tok is not None:
-                    raise ArtifactError(f"{self.source}: unexpected {tok[1]!r}")
-                return fields
-            kind, key = self.next()
-            if kind != "id":
-                raise ArtifactError(f"{self.source}: expected a field name, found {key!r}")
-            if self.peek() == ("p", ":"):
-                self.next()
-            fields.setdefault(key, []).extend(self.value())
-            if self.peek() in (("p", ","), ("p", ";")):
-                self.next()
-
-    def value(self) -> list[Any]:
-        kind, text = self.next()
-        if (kind, text) in (("p", "{"), ("p", "<")):
-            return [self.message("}" if text == "{" else ">")]
-        if (kind, text) == ("p", "["):
-            items: list[Any] = []
-            while self.peek() != ("p", "]"):
-                items.extend(self.value())
-                if self.peek() == ("p", ","):
-                    self.next()
-            self.next()
-            return items
-        if kind == "p":
-            raise ArtifactError(f"{self.source}: unexpected {text!r}")
-        return [_scalar(kind, text)]
-
-
-def parse_pbtxt(text: str, source: str = "config.pbtxt") -> dict[str, list[Any]]:
-    """Parse protobuf text format. Every field maps to the list of its values, in order (a repeated field and
-    a ``[...]`` list alike); nested messages are dicts of the same form; enum names stay strings, ``true`` /
-    ``false`` become bools.
+def parse_model_config(text: str, source: str = "config.pbtxt") -> Any:
+    """Parse a config.pbtxt into a ``ModelConfig`` message (Triton's schema).
 
     Raises:
-        ArtifactError: naming ``source`` and the position of the first thing it cannot parse.
+        ArtifactError: ``"<source> line L, field F: <protobuf's reason>"`` for text Triton would not parse.
     """
-    return _Parser(_tokens(text, source), source).message(None)
+    from google.protobuf import text_format
+
+    schema = model_config_schema()
+    try:
+        return text_format.Parse(text, schema.ModelConfig())
+    except text_format.ParseError as exc:
+        line_no, column = exc.GetLine() or 0, exc.GetColumn() or 0
+        # protobuf prefixes "L:C : 'the whole line': "; the line can be long (the metadata parameter)
+        reason = re.sub(r"^\d+:\d+ : (?:'.*?': )?", "", str(exc), count=1)
+        lines = text.splitlines()
+        unclosed = re.match(r'Expected "[}>\]]"', reason)  # a block left open: no one field is at fault
+        field = _field_at(lines[line_no - 1], column) if 0 < line_no <= len(lines) and not unclosed else None
+        where = f"line {line_no}" + (f", field {field!r}" if field else "")
+        raise ArtifactError(f"{source} {where}: {reason}") from None
+
+
+def model_config_text(config: Any, comments: Sequence[str] = ()) -> str:
+    """The text format of a ``ModelConfig`` message, after ``comments`` (each becomes a ``#`` line).
+
+    Raises:
+        ArtifactError: a required field (``name``) is empty.
+    """
+    from google.protobuf import text_format
+
+    if not config.name:
+        raise ArtifactError("Triton config: field 'name' is empty")
+    head = "".join(f"# {line}\n" for comment in comments for line in comment.splitlines())
+    return head + text_format.MessageToString(config)

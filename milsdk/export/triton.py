@@ -18,8 +18,10 @@ one-line warning). The contract names therefore work unchanged: ``forward(featur
 attention)`` in the config's order. Its input count must equal the forward's argument count, which is why the
 deployment module's forward takes exactly the model's inputs.
 
-``read_triton_config`` parses a config.pbtxt (protobuf text format, the subset Triton configs use) and
-``check_triton_model`` compares it field by field with the artifact it serves.
+Configs are built and read as Triton's own ``ModelConfig`` message (:mod:`milsdk.export.pbtxt`):
+``read_triton_config`` parses a config.pbtxt with Triton's schema (a field or value Triton would refuse is an
+error naming the line and field), and ``check_triton_model`` compares it field by field with the artifact it
+serves.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from milsdk.contract import METADATA_KEY, ModelInfo
 from milsdk.errors import ArtifactError, ExportError
 from milsdk.export.files import place_tree
-from milsdk.export.pbtxt import parse_pbtxt
+from milsdk.export.pbtxt import model_config_schema, model_config_text, parse_model_config
 from milsdk.export.profiles import TRITON_BACKENDS, InstanceGroup
 from milsdk.export.spec import BATCH_DIM, TensorSpec, signature_specs
 
@@ -53,11 +55,11 @@ __all__ = [
 
 #: numpy dtype name -> Triton data type.
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL", "int64": "TYPE_INT64"}
-#: backend -> (config line, files in the version folder).
+#: backend -> ((config field, value), files in the version folder).
 _LAYOUT = {
-    "onnxruntime": ('platform: "onnxruntime_onnx"', ("model.onnx",)),
-    "pytorch": ('platform: "pytorch_libtorch"', ("model.pt",)),
-    "python": ('backend: "python"', ("model.py", "model.onnx")),
+    "onnxruntime": (("platform", "onnxruntime_onnx"), ("model.onnx",)),
+    "pytorch": (("platform", "pytorch_libtorch"), ("model.pt",)),
+    "python": (("backend", "python"), ("model.py", "model.onnx")),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -78,16 +80,16 @@ def python_model_source() -> str:
     return (Path(__file__).parent / "triton_python_model.py").read_text()
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _tensor_block(spec: TensorSpec) -> str:
+def _add_tensor(entries: Any, spec: TensorSpec) -> None:
+    """Append ``spec`` to a config's ``input`` / ``output`` list: the batch axis implicit, -1 for symbolic axes."""
     if spec.shape[0] != BATCH_DIM:
         raise ExportError(f"Triton config: {spec.name} has no leading batch axis ({spec.describe()})")
-    dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in spec.shape[1:])
-    fields = [f"name: {_quote(spec.name)}", f"data_type: {TRITON_DTYPES[spec.dtype]}", f"dims: [ {dims} ]"]
-    return "  {\n" + "".join(f"    {field}\n" for field in fields) + "  }"
+    schema = model_config_schema()
+    entries.add(
+        name=spec.name,
+        data_type=schema.DataType.Value(TRITON_DTYPES[spec.dtype]),
+        dims=[-1 if isinstance(d, str) else int(d) for d in spec.shape[1:]],
+    )
 
 
 def triton_config_text(
@@ -100,7 +102,8 @@ def triton_config_text(
     dynamic_batching: bool = False,
     features_dtype: str = "float32",
 ) -> str:
-    """The config.pbtxt of one model (see the module docstring for the layout).
+    """The config.pbtxt of one model (see the module docstring for the layout), built as Triton's
+    ``ModelConfig`` message and written in protobuf text format.
 
     Args:
         name: Triton model name (the folder name).
@@ -115,45 +118,41 @@ def triton_config_text(
         raise ExportError(f"Triton backend must be one of {', '.join(_LAYOUT)}, got {backend!r}")
     if max_batch_size < 1:
         raise ExportError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    schema = model_config_schema()
+    config = schema.ModelConfig(name=name, max_batch_size=int(max_batch_size))
+    field, value = _LAYOUT[backend][0]
+    setattr(config, field, value)
     inputs, outputs = signature_specs(info, features_dtype)
-    groups = []
+    for spec in inputs:
+        _add_tensor(config.input, spec)
+    for spec in outputs:
+        _add_tensor(config.output, spec)
     for g in instance_groups:
-        gpus = f"\n    gpus: [ {', '.join(map(str, g.gpus))} ]" if g.gpus else ""
-        groups.append(f"  {{\n    count: {g.count}\n    kind: KIND_{g.kind.upper()}{gpus}\n  }}")
-    lines = [
+        config.instance_group.add(
+            count=g.count, kind=schema.ModelInstanceGroup.Kind.Value(f"KIND_{g.kind.upper()}"), gpus=list(g.gpus)
+        )
+    comments = [
         (
-            f"# Written by milsdk {info.milsdk_version} (milsdk export): {info.model_name}, "
+            f"Written by milsdk {info.milsdk_version} (milsdk export): {info.model_name}, "
             f"D={info.feature_dim}, C={info.n_classes}."
-        ),
-        f"name: {_quote(name)}",
-        _LAYOUT[backend][0],
-        f"max_batch_size: {int(max_batch_size)}",
-        "input [\n" + ",\n".join(_tensor_block(s) for s in inputs) + "\n]",
-        "output [\n" + ",\n".join(_tensor_block(s) for s in outputs) + "\n]",
-        "instance_group [\n" + ",\n".join(groups) + "\n]",
+        )
     ]
     if dynamic_batching:
-        lines.append(
-            "# Dynamic batching merges only requests whose bags have the same N; the client still pads and\n"
-            "# batches.\n"
-            "dynamic_batching { }"
+        config.dynamic_batching.SetInParent()
+        comments.append(
+            "Dynamic batching merges only requests whose bags have the same N; the client still pads and batches."
         )
     else:
-        lines.append(
-            "# No dynamic_batching: Triton's dynamic batcher merges only requests of identical shape, and\n"
-            "# bags differ in N, so it would rarely merge anything; the milsdk client pads and batches bags."
+        comments.append(
+            "No dynamic_batching: Triton's dynamic batcher merges only requests of identical shape, and\n"
+            "bags differ in N, so it would rarely merge anything; the milsdk client pads and batches bags."
         )
-    lines.append(
-        f"parameters {{ key: {_quote(METADATA_KEY)} value: {{ string_value: {_quote(info.to_json())} }} }}"
-    )
+    config.parameters[METADATA_KEY].string_value = info.to_json()
     if backend == "onnxruntime":
         arenas = "cpu:0" + (";gpu:0" if any(g.kind == "gpu" for g in instance_groups) else "")
-        lines.append(
-            "# The onnxruntime arena grows with every new bag size and never shrinks unless told to.\n"
-            'parameters { key: "memory.enable_memory_arena_shrinkage" '
-            f'value: {{ string_value: "{arenas}" }} }}'
-        )
-    return "\n".join(lines) + "\n"
+        comments.append("The onnxruntime arena grows with every new bag size and never shrinks unless told to.")
+        config.parameters["memory.enable_memory_arena_shrinkage"].string_value = arenas
+    return model_config_text(config, comments)
 
 
 def build_triton_model(
@@ -242,31 +241,27 @@ def write_triton_model(
         return place_tree(model_dir, Path(repo) / name)
 
 
-def read_triton_config(path: str | os.PathLike) -> dict[str, list[Any]]:
-    """Parse a config.pbtxt (see :func:`milsdk.export.pbtxt.parse_pbtxt` for the form of the result):
-    ``cfg["name"] == ["abmil"]``, ``cfg["input"][0]["dims"] == [-1, 1024]``.
+def read_triton_config(path: str | os.PathLike) -> Any:
+    """Parse a config.pbtxt with Triton's schema (:func:`milsdk.export.pbtxt.parse_model_config`): a
+    ``ModelConfig`` message, ``cfg.name == "abmil"``, ``list(cfg.input[0].dims) == [-1, 1024]``.
 
     Raises:
-        ArtifactError: missing file or text it cannot parse.
+        ArtifactError: missing file, or text Triton would refuse (naming the line and field).
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
-    return parse_pbtxt(path.read_text(), source=str(path))
+    return parse_model_config(path.read_text(), source=str(path))
 
 
-def _one(cfg: dict[str, list[Any]], key: str, default: Any = None) -> Any:
-    values = cfg.get(key, [])
-    return values[0] if values else default
-
-
-def _compare_tensors(kind: str, config: list[dict[str, list[Any]]], specs: list[TensorSpec]) -> list[str]:
+def _compare_tensors(kind: str, config: Any, specs: list[TensorSpec]) -> list[str]:
+    schema = model_config_schema()
     problems = []
-    names = [_one(t, "name") for t in config]
+    names = [t.name for t in config]
     if names != [s.name for s in specs]:
         return [f"{kind}s {names} != artifact {[s.name for s in specs]}"]
     for entry, spec in zip(config, specs):
-        dtype = _one(entry, "data_type")
+        dtype = schema.DataType.Name(entry.data_type)
         if dtype != TRITON_DTYPES.get(spec.dtype):
             problems.append(f"{kind} {spec.name!r} data_type {dtype} != artifact {spec.dtype}")
         if not isinstance(spec.shape[0], str):
@@ -274,8 +269,8 @@ def _compare_tensors(kind: str, config: list[dict[str, list[Any]]], specs: list[
                 f"{kind} {spec.name!r}: artifact batch axis is fixed ({spec.shape[0]}), not dynamic"
             )
         want = [-1 if isinstance(d, str) else d for d in spec.shape[1:]]
-        if entry.get("dims", []) != want:
-            problems.append(f"{kind} {spec.name!r} dims {entry.get('dims', [])} != artifact {want}")
+        if list(entry.dims) != want:
+            problems.append(f"{kind} {spec.name!r} dims {list(entry.dims)} != artifact {want}")
     return problems
 
 
@@ -294,21 +289,22 @@ def check_triton_model(model_dir: str | os.PathLike) -> list[str]:
 
     model_dir = Path(model_dir)
     cfg = read_triton_config(model_dir / "config.pbtxt")
+    schema = model_config_schema()
     problems: list[str] = []
-    if _one(cfg, "name") != model_dir.name:
-        problems.append(f"name {_one(cfg, 'name')!r} != folder {model_dir.name!r}")
-    platform, backend_name = _one(cfg, "platform"), _one(cfg, "backend")
-    backend = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}.get(platform)
-    if backend_name == "python" and platform is None:
+    if cfg.name != model_dir.name:
+        problems.append(f"name {cfg.name!r} != folder {model_dir.name!r}")
+    backend = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}.get(cfg.platform)
+    if cfg.backend == "python" and not cfg.platform:
         backend = "python"
     if backend is None:
-        return problems + [f"unknown platform/backend {platform or backend_name!r}"]
-    if not isinstance(_one(cfg, "max_batch_size"), int) or _one(cfg, "max_batch_size") < 1:
-        problems.append(f"max_batch_size {_one(cfg, 'max_batch_size')!r} must be >= 1 (implicit batch axis)")
-    for group in cfg.get("instance_group", []):
-        if _one(group, "kind") not in ("KIND_CPU", "KIND_GPU"):
-            problems.append(f"instance_group kind {_one(group, 'kind')!r} is not KIND_CPU / KIND_GPU")
-    params = {_one(p, "key"): _one(_one(p, "value", {}), "string_value") for p in cfg.get("parameters", [])}
+        return problems + [f"unknown platform/backend {cfg.platform or cfg.backend!r}"]
+    if cfg.max_batch_size < 1:
+        problems.append(f"max_batch_size {cfg.max_batch_size} must be >= 1 (implicit batch axis)")
+    for group in cfg.instance_group:
+        kind = schema.ModelInstanceGroup.Kind.Name(group.kind)
+        if kind not in ("KIND_CPU", "KIND_GPU"):
+            problems.append(f"instance_group kind {kind!r} is not KIND_CPU / KIND_GPU")
+    params = {key: value.string_value for key, value in cfg.parameters.items()}
     versions = [d for d in sorted(model_dir.iterdir()) if d.is_dir() and d.name.isdigit()]
     if not versions:
         problems.append("no version folder (e.g. 1/)")
@@ -324,8 +320,8 @@ def check_triton_model(model_dir: str | os.PathLike) -> list[str]:
         except ArtifactError as exc:
             problems.append(str(exc))
             continue
-        problems += _compare_tensors("input", cfg.get("input", []), desc.inputs)
-        problems += _compare_tensors("output", cfg.get("output", []), desc.outputs)
+        problems += _compare_tensors("input", cfg.input, desc.inputs)
+        problems += _compare_tensors("output", cfg.output, desc.outputs)
         if params.get(METADATA_KEY) is not None and json.loads(params[METADATA_KEY]) != json.loads(
             desc.info.to_json()
         ):

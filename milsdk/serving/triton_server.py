@@ -8,6 +8,12 @@ The binary is the ``tritonserver`` on PATH (NVIDIA's container: every backend) o
 this module supplies what it lacks: its shared libraries on LD_LIBRARY_PATH, a writable backends folder with the
 Python-backend stub for the server-side Python, and that Python first on PATH, from an environment with numpy<2
 (:mod:`milsdk.serving.server_env`). The wheel's server only loads the repository's Python-backend models.
+
+Defaults are the hardened ones an operator wants (``milsdk serve`` uses them): model control mode ``none`` (the
+models are loaded at start and no client can load, unload or replace one; ``explicit`` only when asked), loopback
+only, no metrics endpoint unless a metrics port is given, and the APIs named in ``restricted_apis`` answer only
+requests that carry the header ``milsdk-api-key: <api_key>`` (Triton's ``--http-restricted-api`` /
+``--grpc-restricted-protocol``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -31,14 +38,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from milsdk.errors import ServerStartError
+from milsdk.serving.backends.triton import API_KEY_HEADER, api_key_headers
 from milsdk.serving.server_env import ENV_VAR, ensure_server_env
 
-__all__ = ["TritonServer", "TritonBinary", "find_tritonserver", "repository_models"]
+__all__ = ["RESTRICTABLE_APIS", "TritonBinary", "TritonServer", "find_tritonserver", "repository_models"]
 
 log = logging.getLogger(__name__)
 
 _LOOPBACK = "127.0.0.1"
 _LOG_TAIL_LINES = 12
+#: Triton API groups that ``--http-restricted-api`` / ``--grpc-restricted-protocol`` can put behind a key.
+RESTRICTABLE_APIS = (
+    "health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace",
+    "logging",
+)
+_CONTROL_MODES = ("none", "explicit")
+_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 @dataclass(frozen=True)
@@ -131,9 +146,9 @@ def _check_port(host: str, port: int, what: str) -> None:
             raise ServerStartError(f"{what} port {port} on {host} is {reason}; pick another or omit it") from None
 
 
-def _get(url: str, timeout: float = 1.0) -> int:
+def _get(url: str, headers: dict[str, str], timeout: float = 1.0) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -146,7 +161,8 @@ class TritonServer:
 
     Args:
         repository: the model repository folder.
-        http_port, grpc_port, metrics_port: ports; 0 = a free port picked at start.
+        http_port, grpc_port: ports; 0 = a free port picked at start.
+        metrics_port: Prometheus metrics port; 0 = a free one; None (default) = no metrics endpoint.
         host: address to bind (default 127.0.0.1; "0.0.0.0" to serve other hosts).
         models: models to load; None = every model the binary can run (the wheel's server: the Python-backend
             ones).
@@ -157,6 +173,11 @@ class TritonServer:
         exit_timeout_s: how long the server waits for in-flight requests when stopped.
         startup_timeout_s: how long :meth:`start` waits for every model to be ready.
         log_path: server log file; None = a temporary file, removed by :meth:`stop`.
+        model_control_mode: "none" (default: the models are loaded at start, the model-repository API cannot
+            change them) or "explicit" (clients may load / unload models through that API).
+        restricted_apis: API groups (:data:`RESTRICTABLE_APIS`) that answer only requests carrying the header
+            ``milsdk-api-key: <api_key>``; default none.
+        api_key: the key of the restricted APIs; None = a random one (see :attr:`api_key`) when any is restricted.
     """
 
     def __init__(
@@ -164,7 +185,7 @@ class TritonServer:
         repository: str | Path,
         http_port: int = 0,
         grpc_port: int = 0,
-        metrics_port: int = 0,
+        metrics_port: int | None = None,
         host: str = _LOOPBACK,
         models: Sequence[str] | None = None,
         binary: str | Path | None = None,
@@ -172,10 +193,30 @@ class TritonServer:
         exit_timeout_s: int = 5,
         startup_timeout_s: float = 120.0,
         log_path: str | Path | None = None,
+        model_control_mode: str = "none",
+        restricted_apis: Sequence[str] = (),
+        api_key: str | None = None,
     ) -> None:
+        if model_control_mode not in _CONTROL_MODES:
+            raise ServerStartError(
+                f"model_control_mode must be one of {_CONTROL_MODES}, got {model_control_mode!r}"
+            )
+        unknown = sorted(set(restricted_apis) - set(RESTRICTABLE_APIS))
+        if unknown:
+            raise ServerStartError(
+                f"cannot restrict {unknown}: Triton's API groups are {', '.join(RESTRICTABLE_APIS)}"
+            )
+        if api_key is not None and not re.fullmatch(r"[\w.~+/-]{8,}", api_key):
+            # the key travels inside a command-line flag "apis:header=key" and an HTTP header
+            raise ServerStartError("api_key must be at least 8 characters of letters, digits and _ . ~ + / -")
         self.repository = Path(repository).resolve()
         self.host = host
-        self.ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
+        self.ports = {"http": int(http_port), "grpc": int(grpc_port)}
+        if metrics_port is not None:
+            self.ports["metrics"] = int(metrics_port)
+        self.model_control_mode = model_control_mode
+        self.restricted_apis = tuple(dict.fromkeys(restricted_apis))
+        self.api_key = (api_key or secrets.token_urlsafe(24)) if self.restricted_apis else None
         self.models = list(models) if models is not None else None
         self._binary = binary
         self.backend_python = backend_python
@@ -204,9 +245,17 @@ class TritonServer:
         return f"grpc://{self._client_host}:{self.ports['grpc']}"
 
     @property
-    def metrics_url(self) -> str:
-        """Prometheus metrics URL."""
+    def metrics_url(self) -> str | None:
+        """Prometheus metrics URL; None when the server has no metrics endpoint."""
+        if "metrics" not in self.ports:
+            return None
         return f"http://{self._client_host}:{self.ports['metrics']}/metrics"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers a request to a restricted API must carry, for HTTP and gRPC ({} when none is
+        restricted)."""
+        return api_key_headers(self.api_key) if self.api_key else {}
 
     @property
     def log_file(self) -> Path | None:
@@ -228,6 +277,7 @@ class TritonServer:
         """
         if self.process is not None and self.process.poll() is None:
             return self
+        self.stop()  # a server that died (killed, crashed) leaves its work folder; a restart starts clean
         binary = find_tritonserver(self._binary)
         available = repository_models(self.repository)
         models = self._models_to_load(available, binary)
@@ -241,14 +291,18 @@ class TritonServer:
         env = dict(os.environ)
         command = [
             str(binary.path),
-            f"--model-repository={self.repository}",
+            f"--model-repository={self._repository_to_serve(models, available)}",
             f"--http-address={self.host}", f"--http-port={self.ports['http']}",
             f"--grpc-address={self.host}", f"--grpc-port={self.ports['grpc']}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}",
+            *self._metrics_flags(),
             f"--exit-timeout-secs={self.exit_timeout_s}",
-            "--model-control-mode=explicit",
-            *[f"--load-model={name}" for name in models],
+            f"--model-control-mode={self.model_control_mode}",
         ]
+        if self.model_control_mode == "explicit":
+            command += [f"--load-model={name}" for name in models]
+        if self.restricted_apis:
+            rule = f"{','.join(self.restricted_apis)}:{API_KEY_HEADER}={self.api_key}"
+            command += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
         python = self._server_python(binary)
         if python is not None:
             env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
@@ -263,14 +317,33 @@ class TritonServer:
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the server ourselves
             )
-        self._finalizer = weakref.finalize(self, _terminate, self.process, self.exit_timeout_s)
+        regions: set[Path] = set()
+        self._finalizer = weakref.finalize(self, _terminate, self.process, self.exit_timeout_s, regions)
         self.loaded_models = models
         try:
             self._wait_ready(models)
         except BaseException:
             self.stop()
             raise
+        regions |= _backend_regions(self.process.pid)  # known now, in case the process is killed later
         return self
+
+    def _metrics_flags(self) -> list[str]:
+        if "metrics" not in self.ports:
+            return ["--allow-metrics=false"]
+        return [f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}"]
+
+    def _repository_to_serve(self, models: list[str], available: dict[str, str]) -> Path:
+        """The repository itself, or, where mode "none" must load only some of its models (the wheel's server
+        cannot run the others, or ``models`` chose them), a folder of links to those models alone: mode "none"
+        loads every model it finds, and a model that fails to load stops the server."""
+        if self.model_control_mode == "explicit" or set(models) == set(available):
+            return self.repository
+        staged = self._workdir / "repository"
+        staged.mkdir()
+        for name in models:
+            (staged / name).symlink_to(self.repository / name, target_is_directory=True)
+        return staged
 
     def _models_to_load(self, available: dict[str, str], binary: TritonBinary) -> list[str]:
         if self.models is not None:
@@ -318,8 +391,9 @@ class TritonServer:
             code = self.process.poll()
             if code is not None:
                 raise ServerStartError(f"Triton exited with code {code} while starting: {self.log_tail()}")
-            if _get(f"{self.http_url}/v2/health/ready") == 200:
-                waiting = [m for m in models if _get(f"{self.http_url}/v2/models/{m}/ready") != 200]
+            # with the key: the health API may be restricted too
+            if _get(f"{self.http_url}/v2/health/ready", self.headers) == 200:
+                waiting = [m for m in models if _get(f"{self.http_url}/v2/models/{m}/ready", self.headers) != 200]
                 if not waiting:
                     return
             if time.monotonic() > deadline:
@@ -362,16 +436,30 @@ class TritonServer:
         return f"TritonServer({str(self.repository)!r}, {self.http_url}, {state})"
 
 
-def _terminate(process: subprocess.Popen, exit_timeout_s: int) -> None:
-    """SIGTERM the server by its pid, wait for it, SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+def _backend_regions(pid: int) -> set[Path]:
+    """The Python backend's shared-memory regions that server ``pid`` has mapped (from /proc; empty elsewhere)."""
     try:
-        process.wait(timeout=exit_timeout_s + 10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        with open(f"/proc/{pid}/maps") as maps:
+            found = {line.split(None, 5)[-1].strip() for line in maps if _REGION_PREFIX in line}
+    except OSError:
+        return set()
+    return {Path(path.removesuffix(" (deleted)")) for path in found}
+
+
+def _terminate(process: subprocess.Popen, exit_timeout_s: int, regions: set[Path]) -> None:
+    """SIGTERM the server by its pid, wait for it, SIGKILL if it hangs; then unlink the Python backend's
+    shared-memory regions it left: a server that is killed, or whose exit timeout ends before its backend stubs
+    have shut down (1-2 s measured here), leaves them in /dev/shm (1 MB or more each, one per model instance)."""
+    if process.poll() is None:
+        regions |= _backend_regions(process.pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=exit_timeout_s + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for region in regions:  # named by a random UUID per server: only this server's
+        region.unlink(missing_ok=True)
 
 
 def _python_version(python: Path) -> str:

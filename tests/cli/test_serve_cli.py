@@ -1,11 +1,13 @@
 """``milsdk serve`` starts a real Triton server, prints its endpoints, and stops cleanly on SIGTERM / Ctrl-C."""
 
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,8 @@ def repo(tmp_path_factory):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("serve_cli")
     onnx_path = export_onnx(ABMIL(in_shape=(D,), att_dim=8).eval(), root / "abmil.onnx")
+    # and an onnxruntime-backend model, which the pip-installed server (Python backend only) cannot load
+    write_triton_model(root / "model_repository", "abmil_ort", {"onnx": onnx_path}, read_model_info(onnx_path))
     return write_triton_model(root / "model_repository", "abmil", {"onnx": onnx_path}, read_model_info(onnx_path),
                               backend="python").parent
 
@@ -91,6 +95,89 @@ def test_serve_prints_endpoints_serves_and_stops_cleanly(repo, tmp_path, stop_si
         urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
 
 
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [part.decode() for part in f.read().split(b"\0") if part]
+
+
+def test_serve_is_hardened_by_default(repo, tmp_path):
+    """Defaults, checked on the running tritonserver's own command line and by calling it: loopback, model
+    control mode none, no metrics, the admin APIs behind a printed key, shared memory open on loopback (README's
+    `milsdk serve` + `milsdk predict --shared-memory` needs no key)."""
+    import tritonclient.http
+    from tritonclient.utils import InferenceServerException
+
+    http, grpc = free_ports(2)
+    process, banner = start_serve(repo, "--http-port", http, "--grpc-port", grpc, "--exit-timeout-secs", 1)
+    try:
+        pid = int(re.search(r"Triton is ready \(pid (\d+)\)", banner).group(1))
+        key = re.search(r"key      (\S+) \(header milsdk-api-key", banner).group(1)
+        flags = _cmdline(pid)[1:]
+        rule = f"model-repository,trace,logging:milsdk-api-key={key}"
+        for flag in ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--model-control-mode=none",
+                     "--allow-metrics=false", f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]:
+            assert flag in flags, (flag, flags)
+        assert not any(f.startswith(("--load-model", "--metrics-port")) for f in flags)
+        # mode none loads every model it finds: the server gets a folder holding only the models it can run
+        served = Path(next(f for f in flags if f.startswith("--model-repository=")).split("=", 1)[1])
+        assert served != repo and [p.name for p in served.iterdir()] == ["abmil"]
+        assert (served / "abmil").resolve() == (repo / "abmil").resolve()
+        assert "metrics  off" in banner and "control mode none" in banner
+
+        admin = tritonclient.http.InferenceServerClient(f"127.0.0.1:{http}")
+        try:
+            with pytest.raises(InferenceServerException, match="restricted, expecting header 'milsdk-api-key'"):
+                admin.get_model_repository_index()
+            with pytest.raises(InferenceServerException, match="restricted"):
+                admin.update_log_settings({"log_verbose_level": 1})
+            assert [m["name"] for m in admin.get_model_repository_index(headers={"milsdk-api-key": key})] == [
+                "abmil"
+            ]
+            with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed"):
+                admin.unload_model("abmil", headers={"milsdk-api-key": key})
+            assert admin.is_model_ready("abmil")
+        finally:
+            admin.close()
+        import tritonclient.grpc
+
+        admin = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{grpc}")
+        try:
+            with pytest.raises(InferenceServerException, match="expecting header 'triton-grpc-protocol-milsdk-api"):
+                admin.get_model_repository_index()
+            index = admin.get_model_repository_index(headers={"triton-grpc-protocol-milsdk-api-key": key}, as_json=True)
+            assert [m["name"] for m in index["models"]] == ["abmil"]
+        finally:
+            admin.close()
+        bag = tmp_path / "bag.npy"
+        np.save(bag, np.random.default_rng(0).normal(size=(12, D)).astype(np.float32))
+        result = CliRunner().invoke(main, ["predict", f"grpc://127.0.0.1:{grpc}", str(bag), "--model-name", "abmil",
+                                           "--shared-memory", "--out", str(tmp_path / "p.csv"), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "p.csv").read_text().count("\n") == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_shared_memory_needs_the_key_when_serving_other_hosts():
+    from milsdk.cli.serve import restricted_apis
+
+    assert restricted_apis("127.0.0.1", unrestricted=False) == ["model-repository", "trace", "logging"]
+    assert restricted_apis("localhost", unrestricted=False) == ["model-repository", "trace", "logging"]
+    assert restricted_apis("0.0.0.0", unrestricted=False) == ["model-repository", "trace", "logging", "shared-memory"]
+    assert restricted_apis("10.1.2.3", unrestricted=False)[-1] == "shared-memory"
+    assert restricted_apis("0.0.0.0", unrestricted=True) == []
+
+
+def test_a_bad_api_key_is_one_line_before_anything_starts(repo, monkeypatch):
+    monkeypatch.delenv("MILSDK_TRITON_API_KEY", raising=False)
+    result = CliRunner().invoke(main, ["serve", str(repo), "--api-key", "a,b:c=d"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: api_key must be at least 8 characters of letters, digits and _ . ~ + / -"
+    ]
+
+
 def test_port_taken_is_one_line_naming_the_port(repo):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -126,8 +213,6 @@ def test_help_has_an_example():
 def test_readme_serve_commands_fix_every_port_the_readme_then_calls():
     """A port left at 0 is a random one: a README command followed by `predict grpc://127.0.0.1:8001` must
     have asked for 8001."""
-    from pathlib import Path
-
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     serve_lines = [line.strip() for line in readme.splitlines() if line.strip().startswith("milsdk serve ")]
     assert serve_lines

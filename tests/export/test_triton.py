@@ -1,6 +1,6 @@
-"""Triton repository writer: config.pbtxt checked field by field against the ONNX / TorchScript artifact, the
-three
-backends, versions, the config parser, and the Python-backend model.py run directly (numpy in, numpy out)."""
+"""Triton repository writer: config.pbtxt (read with Triton's schema) checked field by field against the ONNX /
+TorchScript artifact, the three backends, versions, and the Python-backend model.py run directly (numpy in, numpy
+out)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from milsdk.contract import METADATA_KEY
 from milsdk.errors import ExportError
 from milsdk.export.artifact import read_model_info
 from milsdk.export.onnx import onnx_signature
+from milsdk.export.pbtxt import model_config_schema
 from milsdk.export.profiles import InstanceGroup
 from milsdk.export.signature import DeploymentModule
 from milsdk.export.triton import (
@@ -26,6 +27,7 @@ from milsdk.export.triton import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+mc = model_config_schema()
 
 
 def _write(tmp_path, artifacts, n_classes=1, backend="onnxruntime", **options):
@@ -47,18 +49,18 @@ def test_onnxruntime_config_field_by_field(abmil_artifacts, tmp_path, n_classes)
     cfg = read_triton_config(model_dir / "config.pbtxt")
     proto = onnx.load(model_dir / "1" / "model.onnx")
     inputs, outputs = onnx_signature(proto)
-    assert cfg["name"] == [f"abmil{n_classes}"] and cfg["platform"] == ["onnxruntime_onnx"]
-    assert cfg["max_batch_size"] == [6] and "dynamic_batching" not in cfg
-    triton_types = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
-    for entries, specs in ((cfg["input"], inputs), (cfg["output"], outputs)):
-        assert [e["name"] for e in entries] == [[s.name] for s in specs]
+    assert cfg.name == f"abmil{n_classes}" and cfg.platform == "onnxruntime_onnx" and not cfg.backend
+    assert cfg.max_batch_size == 6 and not cfg.HasField("dynamic_batching")
+    triton_types = {"float32": mc.TYPE_FP32, "bool": mc.TYPE_BOOL}
+    for entries, specs in ((cfg.input, inputs), (cfg.output, outputs)):
+        assert [e.name for e in entries] == [s.name for s in specs]
         for entry, spec in zip(entries, specs):
-            assert entry["data_type"] == [triton_types[spec.dtype]]
+            assert entry.data_type == triton_types[spec.dtype]
             assert spec.shape[0] == "batch"  # implicit in Triton's dims
-            assert entry["dims"] == [-1 if isinstance(d, str) else d for d in spec.shape[1:]]
-    assert cfg["input"][0]["dims"] == [-1, 1024] and cfg["output"][0]["dims"] == [n_classes]
-    assert cfg["instance_group"] == [{"count": [1], "kind": ["KIND_CPU"]}]
-    params = {p["key"][0]: p["value"][0]["string_value"][0] for p in cfg["parameters"]}
+            assert list(entry.dims) == [-1 if isinstance(d, str) else d for d in spec.shape[1:]]
+    assert list(cfg.input[0].dims) == [-1, 1024] and list(cfg.output[0].dims) == [n_classes]
+    assert [(g.count, g.kind, list(g.gpus)) for g in cfg.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU, [])]
+    params = {key: value.string_value for key, value in cfg.parameters.items()}
     assert json.loads(params[METADATA_KEY]) == json.loads(
         read_model_info(model_dir / "1" / "model.onnx").to_json()
     )
@@ -71,9 +73,11 @@ def test_gpu_instances_and_dynamic_batching(abmil_artifacts, tmp_path):
         tmp_path, abmil_artifacts, instance_groups=(InstanceGroup("gpu", 2, (0, 1)),), dynamic_batching=True
     )
     cfg = read_triton_config(model_dir / "config.pbtxt")
-    assert cfg["instance_group"] == [{"count": [2], "kind": ["KIND_GPU"], "gpus": [0, 1]}]
-    assert cfg["dynamic_batching"] == [{}]
-    params = {p["key"][0]: p["value"][0]["string_value"][0] for p in cfg["parameters"]}
+    assert [(g.count, g.kind, list(g.gpus)) for g in cfg.instance_group] == [
+        (2, mc.ModelInstanceGroup.KIND_GPU, [0, 1])
+    ]
+    assert cfg.HasField("dynamic_batching")
+    params = {key: value.string_value for key, value in cfg.parameters.items()}
     assert params["memory.enable_memory_arena_shrinkage"] == "cpu:0;gpu:0"
     assert check_triton_model(model_dir) == []
 
@@ -81,20 +85,21 @@ def test_gpu_instances_and_dynamic_batching(abmil_artifacts, tmp_path):
 def test_pytorch_backend_names_inputs_by_forward_argument(abmil_artifacts, tmp_path):
     model_dir = _write(tmp_path, abmil_artifacts, 3, backend="pytorch", version=2)
     cfg = read_triton_config(model_dir / "config.pbtxt")
-    assert cfg["platform"] == ["pytorch_libtorch"] and (model_dir / "2" / "model.pt").is_file()
+    assert cfg.platform == "pytorch_libtorch" and (model_dir / "2" / "model.pt").is_file()
     forward = torch.jit.load(str(model_dir / "2" / "model.pt")).forward.schema
-    assert [e["name"][0] for e in cfg["input"]] == [a.name for a in forward.arguments][1:]
-    assert [e["name"][0] for e in cfg["output"]] == [
+    assert [e.name for e in cfg.input] == [a.name for a in forward.arguments][1:]
+    assert [e.name for e in cfg.output] == [
         "logits",
         "attention",
     ]  # config order = forward's tuple order
-    assert cfg["output"][0]["dims"] == [3] and check_triton_model(model_dir) == []
+    assert list(cfg.output[0].dims) == [3] and check_triton_model(model_dir) == []
 
 
 def test_python_backend_model_runs_the_onnx(abmil, abmil_artifacts, tmp_path):
     model_dir = _write(tmp_path, abmil_artifacts, 3, backend="python")
     version = model_dir / "1"
-    assert read_triton_config(model_dir / "config.pbtxt")["backend"] == ["python"]
+    cfg = read_triton_config(model_dir / "config.pbtxt")
+    assert cfg.backend == "python" and not cfg.platform
     assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.py"]
     source = (version / "model.py").read_text()
     assert (
@@ -133,7 +138,7 @@ def test_new_version_keeps_the_old_one(abmil_artifacts, tmp_path):
 def test_checker_finds_a_mismatch(abmil_artifacts, tmp_path):
     model_dir = _write(tmp_path, abmil_artifacts)
     config = model_dir / "config.pbtxt"
-    config.write_text(config.read_text().replace("dims: [ -1, 1024 ]", "dims: [ -1, 2048 ]", 1))
+    config.write_text(config.read_text().replace("dims: 1024", "dims: 2048", 1))
     assert check_triton_model(model_dir) == ["input 'features' dims [-1, 2048] != artifact [-1, 1024]"]
     (model_dir / "1" / "model.onnx").unlink()
     assert "1/model.onnx is missing for backend 'onnxruntime'" in check_triton_model(model_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from milsdk.cli.serve import restricted_apis
 from milsdk.serving import MILClient
 
 pytestmark = pytest.mark.integration
@@ -47,6 +48,10 @@ def _scalar(text):
     return {"true": True, "false": False, "null": None}.get(text, text)
 
 
+def _is_key(body):
+    return body[:1] not in "\"'" and re.match(r"[^:]+:(\s|$)", body) is not None
+
+
 def _block(lines, i):
     indent, body = lines[i]
     if body == "-":
@@ -55,10 +60,11 @@ def _block(lines, i):
             item, i = _block(lines, i + 1)
             items.append(item)
         return items, i
-    if ":" not in body:
+    if not _is_key(body):  # YAML: a key ends at ": " or a final ":", so "a:b" and quoted text are scalars
         return _scalar(body), i + 1
     mapping = {}
     while i < len(lines) and lines[i][0] == indent and lines[i][1] != "-":
+        assert _is_key(lines[i][1]), f"a scalar among the keys of a mapping: {lines[i][1]!r}"
         key, _, rest = lines[i][1].partition(":")
         assert key not in mapping, f"duplicate key {key!r}"
         if rest.strip():
@@ -102,6 +108,19 @@ def test_kubernetes_manifest_has_deployment_service_and_health_probes():
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/models"}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # hardened as `milsdk serve` is for other hosts: non-root, read-only root, the admin APIs behind the key
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/dev/shm"}
+    apis = ",".join(restricted_apis("0.0.0.0", unrestricted=False))
+    assert "--model-control-mode=none" in container["args"]
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        assert f"{flag}={apis}:milsdk-api-key=$(MILSDK_TRITON_API_KEY)" in container["args"]
+    key = next(e for e in container["env"] if e["name"] == "MILSDK_TRITON_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["name"] in text.split("kubectl create secret generic ", 1)[1]
     assert deployment["spec"]["selector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
     assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
@@ -112,6 +131,7 @@ def test_the_yaml_reader_rejects_what_it_cannot_read():
     with pytest.raises(AssertionError):
         load_manifests("a:\n  b: 1\n c: 2\n")
     assert load_manifests("a:\n- x\n- y: 1\n  z: two\n") == [{"a": ["x", {"y": 1, "z": "two"}]}]
+    assert load_manifests("a:\n- --f=x:k=v\n- 'q: r'\n") == [{"a": ["--f=x:k=v", "q: r"]}]
 
 
 def test_container_command_uses_the_documented_ports_repository_and_image(tmp_path):
@@ -130,6 +150,11 @@ def test_container_command_uses_the_documented_ports_repository_and_image(tmp_pa
     assert f"{repo}:/models:ro" in command
     image = next(arg for arg in command if arg.startswith("nvcr.io/nvidia/tritonserver:"))
     assert command[command.index(image) + 1 :][:2] == ["tritonserver", "--model-repository=/models"]
+    assert "--model-control-mode=none" in command
+    key = re.search(r"header milsdk-api-key\): (\w{48})$", done.stderr.strip()).group(1)
+    apis = ",".join(restricted_apis("0.0.0.0", unrestricted=False))
+    assert f"--http-restricted-api={apis}:milsdk-api-key={key}" in command
+    assert f"--grpc-restricted-protocol={apis}:milsdk-api-key={key}" in command
 
     manifest = (SERVING / "k8s" / "triton-deployment.yaml").read_text()
     readme = (SERVING / "README.md").read_text()

@@ -5,6 +5,14 @@ through POSIX shared memory instead, for a server on the same host. The model's 
 Triton config: ``milsdk export --triton`` writes it as the parameter ``milsdk.json``.
 
 tritonclient's clients are not thread-safe, so every worker thread gets its own client (and shared-memory region).
+
+A server started by ``milsdk serve`` puts some APIs (model repository, trace, logging; shared memory when it
+serves other hosts) behind a key: every request then carries the header ``milsdk-api-key`` (and its gRPC form),
+the key from ``api_key`` or ``$MILSDK_TRITON_API_KEY``.
+
+Faults: a request that fails for want of the server (connection refused, reset or cut short, a timeout, the
+model unloaded or not ready) raises :class:`~milsdk.errors.ServerUnavailableError`, which the client retries with
+backoff up to its deadline and then reports; the same request is sent again, so a retried batch is answered once.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 import os
 import secrets
 import threading
+from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +32,7 @@ from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo, input_sh
 from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError
 from milsdk.serving.backends import first_line
 
-__all__ = ["TritonBackend", "parse_triton_url"]
+__all__ = ["API_KEY_ENV", "API_KEY_HEADER", "TritonBackend", "api_key_headers", "parse_triton_url"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +40,19 @@ _TRITON_DTYPES = {"float32": "FP32", "float16": "FP16", "bool": "BOOL", "int64":
 # Statuses that say "the server is not there right now"; anything else is checked against the health endpoints.
 _TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
 _SHM_ALIGN = 64
+_CONTROL_TIMEOUT_S = 10.0
+#: header carrying the key of the APIs a milsdk-started server restricts.
+API_KEY_HEADER = "milsdk-api-key"
+#: environment variable the key is read from when ``api_key`` is not given.
+API_KEY_ENV = "MILSDK_TRITON_API_KEY"
 _region_ids = itertools.count()
+
+
+def api_key_headers(api_key: str) -> dict[str, str]:
+    """The headers carrying ``api_key``: Triton's gRPC endpoint looks for the restricted-protocol header under
+    the prefix ``triton-grpc-protocol-``, its HTTP endpoint for the plain name; both go with every request
+    (a header the other protocol does not check is ignored)."""
+    return {API_KEY_HEADER: api_key, f"triton-grpc-protocol-{API_KEY_HEADER}": api_key}
 
 
 def parse_triton_url(url: str, protocol: str = "http") -> tuple[str, str, bool]:
@@ -71,6 +92,8 @@ class TritonBackend:
         timeout_s: network timeout of one request, seconds.
         info: the model's ``ModelInfo`` when its Triton config lacks the ``milsdk.json`` parameter (a model not
             written by ``milsdk export``).
+        api_key: key of the server's restricted APIs (sent as the ``milsdk-api-key`` header on every request);
+            None = ``$MILSDK_TRITON_API_KEY`` if set.
 
     Raises:
         ServerUnavailableError: the server cannot be reached or the model is not ready (message names the URL).
@@ -85,8 +108,11 @@ class TritonBackend:
         shared_memory: bool = False,
         timeout_s: float = 120.0,
         info: ModelInfo | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.address, self.protocol, self._ssl = parse_triton_url(url, protocol)
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self._headers = api_key_headers(api_key) if api_key else {}
         scheme = ("https" if self._ssl else "http") if self.protocol == "http" else ("grpcs" if self._ssl else "grpc")
         self.url = f"{scheme}://{self.address}"
         self.model_name = model_name
@@ -113,14 +139,18 @@ class TritonBackend:
             raise ArtifactError(f"model {model_name!r} on {self.url} lacks inputs {missing} named in its metadata")
 
     # -- connection ----------------------------------------------------------------------------------------------
-    def _new_client(self) -> Any:
+    def _new_client(self, timeout_s: float | None = None) -> Any:
+        """A client; ``timeout_s`` (default: the request timeout) bounds each HTTP call (gRPC: only inference
+        calls are bounded, by ``client_timeout``)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if self.protocol == "http":
             client = self._module.InferenceServerClient(
-                self.address, connection_timeout=min(10.0, self.timeout_s), network_timeout=self.timeout_s,
-                ssl=self._ssl,
+                self.address, connection_timeout=min(10.0, timeout_s), network_timeout=timeout_s, ssl=self._ssl,
             )
         else:
             client = self._module.InferenceServerClient(self.address, ssl=self._ssl)
+        if self._headers:
+            client.register_plugin(_Headers(self._headers))
         with self._lock:
             self._clients.append(client)
         return client
@@ -141,24 +171,39 @@ class TritonBackend:
             with self._lock:
                 self._regions.remove(region)
         if client is not None:
-            _close_quietly(client)
-            with self._lock:
-                self._clients.remove(client)
+            self._drop(client)
+
+    def _control_client(self) -> Any:
+        """A client for health and config calls: a request timeout meant for inference (it may be shorter than
+        a large batch's run, never than a health check) must not fail them."""
+        return self._new_client(max(self.timeout_s, _CONTROL_TIMEOUT_S))
+
+    def _drop(self, client: Any) -> None:
+        _close_quietly(client)
+        with self._lock:
+            self._clients.remove(client)
 
     def _check_ready(self) -> None:
-        client = self._client()
+        client = self._control_client()
+        try:
+            self._check_ready_with(client)
+        finally:
+            self._drop(client)
+
+    def _check_ready_with(self, client: Any) -> None:
         try:
             live = client.is_server_live()
         except Exception as exc:  # connection refused, DNS, timeout: all mean the same to the caller
-            self._reset_thread_state()
             raise ServerUnavailableError(
                 f"Triton server at {self.url} is not reachable ({first_line(exc)}); is it running?"
             ) from None
-        if not live:
-            raise ServerUnavailableError(f"Triton server at {self.url} is not live")
+        if not live:  # also what Triton's HTTP endpoint answers (403) when its health API is behind a key
+            hint = "" if self._headers else f" (or its health API needs a key: set {API_KEY_ENV})"
+            raise ServerUnavailableError(f"Triton server at {self.url} is not live{hint}")
         if not client.is_model_ready(self.model_name, self.model_version):
             try:
-                index = client.get_model_repository_index()
+                kwargs = {"as_json": True} if self.protocol == "grpc" else {}  # gRPC: else a protobuf message
+                index = client.get_model_repository_index(**kwargs)
                 entries = index if isinstance(index, list) else index.get("models", [])
                 names = sorted({m.get("name", "") for m in entries} - {""})
             except Exception:  # the index is only for the message
@@ -167,10 +212,13 @@ class TritonBackend:
             raise ServerUnavailableError(f"model {self.model_name!r} is not ready on Triton at {self.url}{listing}")
 
     def _model_config(self) -> dict[str, Any]:
-        client = self._client()
-        if self.protocol == "http":
-            return client.get_model_config(self.model_name, self.model_version)
-        return client.get_model_config(self.model_name, self.model_version, as_json=True)["config"]
+        client = self._control_client()
+        try:
+            if self.protocol == "http":
+                return client.get_model_config(self.model_name, self.model_version)
+            return client.get_model_config(self.model_name, self.model_version, as_json=True)["config"]
+        finally:
+            self._drop(client)
 
     def _info_from_config(self, config: dict[str, Any]) -> ModelInfo:
         text = config.get("parameters", {}).get(METADATA_KEY, {}).get("string_value")
@@ -289,28 +337,32 @@ class TritonBackend:
 
         what = f"Triton at {self.url}, model {self.model_name!r}"
         if not isinstance(exc, InferenceServerException):
-            if isinstance(exc, (OSError, EOFError)) or "connection" in type(exc).__name__.lower():
+            if isinstance(exc, TimeoutError):
+                return ServerUnavailableError(f"{what}: no answer within the request timeout of {self.timeout_s:g} s")
+            # the connection failed, or broke mid-response (http.client's HTTPException family, which
+            # geventhttpclient's "Incomplete response" HTTPParseError belongs to): the request is worth resending
+            if isinstance(exc, (OSError, EOFError, HTTPException)) or "connection" in type(exc).__name__.lower():
                 return ServerUnavailableError(f"{what}: {type(exc).__name__}: {first_line(exc)}")
             hint = ""
             if "array of size 0" in str(exc):
                 hint = " (empty outputs: is the server's Python backend running under numpy 2? it needs numpy<2)"
             return ServingError(f"{what}: {type(exc).__name__}: {first_line(exc)}{hint}")
         message = f"{what}: {first_line(exc)}"
+        if str(exc.status()) == "StatusCode.DEADLINE_EXCEEDED":
+            return ServerUnavailableError(f"{what}: no answer within the request timeout of {self.timeout_s:g} s")
         if str(exc.status()) in _TRANSIENT_STATUSES or not self._healthy():
             return ServerUnavailableError(message)
         return ServingError(message)
 
     def _healthy(self) -> bool:
         """Whether the server is up and the model ready (checked with a fresh client)."""
-        client = self._new_client()
+        client = self._control_client()
         try:
             return bool(client.is_server_ready() and client.is_model_ready(self.model_name, self.model_version))
         except Exception:  # any failure to answer means not healthy
             return False
         finally:
-            _close_quietly(client)
-            with self._lock:
-                self._clients.remove(client)
+            self._drop(client)
 
     def close(self) -> None:
         """Unregister shared memory and close every connection."""
@@ -367,6 +419,16 @@ class _ShmRegion:
             except Exception:  # the server may be gone; the region is ours to free regardless
                 log.debug("could not unregister shared memory region %s", self.name)
         self._shm.destroy_shared_memory_region(self.handle)
+
+
+class _Headers:
+    """A tritonclient plugin adding fixed headers to every request (tritonclient calls it with each request)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = dict(headers)
+
+    def __call__(self, request: Any) -> None:
+        request.headers.update(self.headers)
 
 
 def _close_quietly(client: Any) -> None:
