@@ -20,6 +20,7 @@ _COMMANDS = {
     "predict": "milsdk.cli.predict:predict",
     "demo": "milsdk.cli.demo:demo",
     "convert": "milsdk.cli.convert:convert",
+    "bench": "milsdk.cli.bench:bench",
 }
 
 
@@ -58,6 +59,12 @@ class _LazyGroup(click.Group):
             # click would print "Aborted!" and exit 1; 130 is what shells and schedulers expect after a SIGINT
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            # the machine's refusal (a full disk, permissions, a vanished file) where no milsdk error named it yet:
+            # one line with the file and the system's reason, not a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(1)
         except ModuleNotFoundError as exc:
             # the light client installs no torch: name what is missing and the extra that brings it
             extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])

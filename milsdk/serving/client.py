@@ -109,10 +109,18 @@ class MILClient:
         max_instances: budget of padded instance slots (B * N_max) per request.
         max_batch_size: most bags per request (capped by the backend's own limit, e.g. Triton's max_batch_size).
         max_in_flight: requests running at once.
+        max_padding: most padded share of one request's slots (see :func:`~milsdk.serving.planner.plan_batches`);
+            1.0 = no limit beyond ``max_instances``.
         retry_deadline_s: how long one request is retried while the server is unavailable before ``predict``
             raises :class:`~milsdk.errors.ServerUnavailableError`.
         retry_initial_s: first backoff delay; it doubles after every failed attempt, up to ``retry_max_delay_s``.
         retry_max_delay_s: longest backoff delay.
+        check_finite: scan every bag's features for NaN/inf before it is sent (a bag holding any gets its own
+            error). The scan is one read pass over the bag: about a quarter of ABMIL's runtime at D = 1024 here
+            (memory bandwidth against the GEMM rate), the client's main cost on a large bag. With False, for
+            features already known to be finite, no bag is scanned before the run; a bag whose logits or
+            attention come back NaN/inf is scanned then and gets the same error, so only a NaN the model turns
+            into finite outputs (e.g. a ReLU zeroing it) would go unnoticed.
     """
 
     def __init__(
@@ -121,9 +129,11 @@ class MILClient:
         max_instances: int = 32768,
         max_batch_size: int = 16,
         max_in_flight: int = 2,
+        max_padding: float = 1.0,
         retry_deadline_s: float = 120.0,
         retry_initial_s: float = 0.2,
         retry_max_delay_s: float = 5.0,
+        check_finite: bool = True,
     ) -> None:
         if min(max_instances, max_batch_size, max_in_flight) < 1:
             raise ValueError("max_instances, max_batch_size and max_in_flight must be >= 1")
@@ -132,9 +142,13 @@ class MILClient:
         self.max_instances = int(max_instances)
         self.max_batch_size = min(int(max_batch_size), backend.max_batch_size or int(max_batch_size))
         self.max_in_flight = int(max_in_flight)
+        if not 0.0 <= max_padding <= 1.0:
+            raise ValueError(f"max_padding must be in [0, 1], got {max_padding}")
+        self.max_padding = float(max_padding)
         self.retry_deadline_s = float(retry_deadline_s)
         self.retry_initial_s = float(retry_initial_s)
         self.retry_max_delay_s = float(retry_max_delay_s)
+        self.check_finite = bool(check_finite)
         self.last_run = RunStats()
 
     @classmethod
@@ -145,6 +159,7 @@ class MILClient:
         max_instances: int = 4096,
         max_batch_size: int = 16,
         max_in_flight: int = 1,
+        check_finite: bool = True,
         **backend_options: Any,
     ) -> MILClient:
         """A client running an exported file in-process: ``.onnx`` with onnxruntime, ``.pt`` with TorchScript.
@@ -157,13 +172,14 @@ class MILClient:
 
         Args:
             path: the artifact.
-            max_instances, max_batch_size, max_in_flight: see :class:`MILClient`.
+            max_instances, max_batch_size, max_in_flight, check_finite: see :class:`MILClient`.
             **backend_options: for onnxruntime ``providers``, ``intra_op_threads``, ``inter_op_threads``,
                 ``shrink_arena``; for TorchScript ``device``.
         """
         return cls(
             open_artifact(path, **backend_options),
             max_instances=max_instances, max_batch_size=max_batch_size, max_in_flight=max_in_flight,
+            check_finite=check_finite,
         )
 
     @classmethod
@@ -180,7 +196,9 @@ class MILClient:
         max_instances: int = 32768,
         max_batch_size: int = 16,
         max_in_flight: int = 4,
+        max_padding: float = 0.03,
         retry_deadline_s: float = 120.0,
+        check_finite: bool = True,
     ) -> MILClient:
         """A client of a model served by Triton.
 
@@ -192,7 +210,10 @@ class MILClient:
             shared_memory: pass tensors through POSIX shared memory (server on the same host).
             timeout_s: network timeout of one request.
             info: the model's metadata, only for a model whose config lacks it (not written by milsdk export).
-            max_instances, max_batch_size, max_in_flight, retry_deadline_s: see :class:`MILClient`.
+            max_instances, max_batch_size, max_in_flight, retry_deadline_s, check_finite: see :class:`MILClient`.
+            max_padding: see :class:`MILClient`. A request's cost through Triton grows with the slots it
+                carries (bytes on the wire), and the large budget would otherwise pack bags of quite different
+                sizes: a request pads at most 3% of its slots.
 
         Raises:
             ServerUnavailableError: the server is not reachable or the model is not ready (names the URL).
@@ -205,7 +226,7 @@ class MILClient:
         )
         return cls(
             backend, max_instances=max_instances, max_batch_size=max_batch_size, max_in_flight=max_in_flight,
-            retry_deadline_s=retry_deadline_s,
+            max_padding=max_padding, retry_deadline_s=retry_deadline_s, check_finite=check_finite,
         )
 
     # -- public --------------------------------------------------------------------------------------------------
@@ -239,7 +260,10 @@ class MILClient:
         next_out = 0
         pending: set[Future] = set()
         bar = tqdm(total=total, unit="bag", desc=f"predict {self.info.model_name}", disable=not progress)
-        pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="milsdk-predict")
+        pool: ThreadPoolExecutor | _InlineExecutor = (
+            _InlineExecutor() if self.max_in_flight == 1
+            else ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="milsdk-predict")
+        )
         abort = threading.Event()  # set when the run ends early: requests still retrying give up at once
 
         def collect(done: set[Future]) -> None:
@@ -265,7 +289,7 @@ class MILClient:
                         good.append((index, item))
                 plan = plan_batches(
                     [bag[FEATURES].shape[0] for _, bag in good], self.max_instances, self.max_batch_size,
-                    pad=self.info.padding_invariant,
+                    pad=self.info.padding_invariant, max_padding=self.max_padding,
                 )
                 for batch in plan.batches:
                     while len(pending) >= self.max_in_flight:
@@ -344,8 +368,8 @@ class MILClient:
             raise BagError("bag has 0 instances")
         if dim != info.feature_dim:
             raise BagError(f"features have dimension {dim}, model {info.model_name} expects {info.feature_dim}")
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if not np.isfinite(features).all():
+        features = np.ascontiguousarray(features, dtype=np.float32)  # no copy when it already is
+        if self.check_finite and not all_finite(features):
             raise BagError(f"features hold {int(np.size(features) - np.isfinite(features).sum())} NaN/inf values")
         out: dict[str, Any] = {"name": _bag_name(bag, index), FEATURES: features}
         if coords is not None:
@@ -353,7 +377,7 @@ class MILClient:
             if coords.shape != (n, 2) or not np.issubdtype(coords.dtype, np.number):
                 raise BagError(f"coords have shape {coords.shape} ({coords.dtype}), expected ({n}, 2) numbers")
             coords = np.ascontiguousarray(coords, dtype=np.float32)
-            if not np.isfinite(coords).all():
+            if not all_finite(coords):
                 raise BagError("coords hold NaN/inf values")
         if COORDS in info.inputs:
             if coords is None:
@@ -414,10 +438,19 @@ class MILClient:
             bags=len(members), requests=1, padded_slots=len(members) * n_max,
             instances=sum(bag[FEATURES].shape[0] for _, bag in members),
         )
-        return [
-            self._prediction(index, bag, logits[b], attention[b, : bag[FEATURES].shape[0]])
-            for b, (index, bag) in enumerate(members)
-        ]
+        predictions = []
+        for b, (index, bag) in enumerate(members):
+            n = bag[FEATURES].shape[0]
+            if not self.check_finite and not (all_finite(logits[b]) and all_finite(attention[b, :n])):
+                # the bag was not scanned before the run: find out now whether its features are to blame
+                bad = int(np.size(bag[FEATURES]) - np.isfinite(bag[FEATURES]).sum())
+                stats.add(failed=1)
+                predictions.append(BagPrediction(index, bag["name"], error=(
+                    f"features hold {bad} NaN/inf values" if bad else "the model returned NaN/inf for this bag"
+                )))
+                continue
+            predictions.append(self._prediction(index, bag, logits[b], attention[b, :n]))
+        return predictions
 
     def _run_with_retry(
         self, inputs: dict[str, np.ndarray], stats: RunStats, abort: threading.Event
@@ -463,6 +496,37 @@ class MILClient:
             probabilities=probabilities.astype(np.float32), label=label, label_name=label_name,
             attention=np.array(attention, dtype=np.float32),
         )
+
+
+class _InlineExecutor:
+    """The executor for one request in flight: each batch runs at once in the caller's thread. A worker thread
+    would only add a hand-off per batch (the caller waits for it anyway) and a thread start per ``predict``."""
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Nothing runs in the background."""
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when no element of a floating-point array is NaN or +-inf, in one read pass with no temporary.
+
+    A float sum is finite only if every term is (IEEE: inf and NaN propagate through addition), so a finite sum
+    proves the array finite; ``np.isfinite(array).all()`` instead writes a bool array of the bag's size and reads
+    it again (27 ms against 21 ms for a 100,000 x 1024 bag here, and a 100 MB allocation). A non-finite sum is
+    either a bad value or finite values whose sum overflows; the exact check decides, so only a bad bag (or one
+    near float32's limit) pays for it.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(array, axis=None)):
+            return True
+    return bool(np.isfinite(array).all())
 
 
 def _bag_name(bag: Any, index: int) -> str:

@@ -2,8 +2,9 @@
 
 A request carries a padded batch ``features`` (B, N_max, D) + ``mask`` (B, N_max): it costs B * N_max instance
 slots whatever the bags' own sizes, so the planner groups bags of similar size. Bags sorted by size (largest first)
-are packed greedily while ``B * N_max <= max_instances`` and ``B <= max_batch_size``; a bag larger than the budget
-goes alone. A model that is not padding-invariant gets one bag per request, unpadded.
+are packed greedily while ``B * N_max <= max_instances``, ``B <= max_batch_size`` and the request's padded share
+stays within ``max_padding``; a bag larger than the budget goes alone. A model that is not padding-invariant gets one
+bag per request, unpadded.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class BatchPlan:
 
 
 def plan_batches(
-    sizes: Sequence[int], max_instances: int = 32768, max_batch_size: int = 16, pad: bool = True
+    sizes: Sequence[int], max_instances: int = 32768, max_batch_size: int = 16, pad: bool = True,
+    max_padding: float = 1.0,
 ) -> BatchPlan:
     """Group bags into padded requests.
 
@@ -72,12 +74,18 @@ def plan_batches(
         max_instances: budget of padded instance slots per request (B * N_max); a larger bag goes alone.
         max_batch_size: most bags per request.
         pad: False for a model that is not padding-invariant: one bag per request, N_max = N_i.
+        max_padding: most padded share of one request's slots (0..1); a smaller bag that would push the request
+            past it starts the next request. 1.0 = no limit. A large budget packs bags of quite different sizes
+            (the Triton client's 32,768 slots: 2.9% padding on 200 log-normal bags, 0.03 brings it under 3% with
+            a few more requests).
 
     Returns:
         The plan; every index of ``sizes`` appears in exactly one batch.
     """
     if max_instances < 1 or max_batch_size < 1:
         raise ValueError(f"max_instances and max_batch_size must be >= 1, got {max_instances}, {max_batch_size}")
+    if not 0.0 <= max_padding <= 1.0:
+        raise ValueError(f"max_padding must be in [0, 1], got {max_padding}")
     order = sorted(range(len(sizes)), key=lambda i: (-int(sizes[i]), i))
     if not pad:
         return BatchPlan(tuple(Batch((i,), int(sizes[i]), int(sizes[i])) for i in order))
@@ -87,8 +95,15 @@ def plan_batches(
         n_max = int(sizes[order[start]])
         # how many bags of at most n_max instances fit the slot budget (at least the first one)
         fit = max(1, min(max_batch_size, max_instances // n_max))
-        members = tuple(order[start : start + fit])
-        batches.append(Batch(members, n_max, sum(int(sizes[i]) for i in members)))
+        members = [order[start]]
+        real = n_max
+        for i in order[start + 1 : start + fit]:
+            # sizes fall along the order: once one bag pads too much, every later one would pad more
+            if 1.0 - (real + int(sizes[i])) / ((len(members) + 1) * n_max) > max_padding:
+                break
+            members.append(i)
+            real += int(sizes[i])
+        batches.append(Batch(tuple(members), n_max, real))
         start += len(members)
     return BatchPlan(tuple(batches))
 
@@ -110,7 +125,9 @@ def pad_batch(bags: Sequence[dict[str, np.ndarray]], n_max: int, inputs: Sequenc
     """
     batch_size = len(bags)
     kinds = [input_kind(name) for name in inputs]
-    if batch_size == 1 and bags[0][FEATURES].shape[0] == n_max:  # nothing to pad: views, no copy of a large bag
+    edgeless = any(k.shape[-1] == "E" and np.shape(bags[0][k.name])[-1] == 0 for k in kinds if not k.derived)
+    if batch_size == 1 and bags[0][FEATURES].shape[0] == n_max and not edgeless:
+        # nothing to pad: views, no copy of a large bag (a bag without edges still gets its one padding edge)
         bag = bags[0]
         return {
             k.name: np.ones((1, n_max), dtype=bool) if k.name == MASK else np.asarray(bag[k.name])[None]
@@ -134,8 +151,14 @@ def pad_batch(bags: Sequence[dict[str, np.ndarray]], n_max: int, inputs: Sequenc
                 lengths[axis] = max(1, max(a.shape[axis] for a in arrays))
         shape = [lengths.get(axis, arrays[0].shape[axis]) for axis in range(len(kind.shape) - 1)]
         dtype = arrays[0].dtype if kind.name == FEATURES else np.dtype(kind.dtype)
-        padded = np.full((batch_size, *shape), kind.pad_value, dtype=dtype)
+        # each slot is written once: the bag's values, then the pad value on the part it does not fill (a
+        # np.full first would write the whole batch twice)
+        padded = np.empty((batch_size, *shape), dtype=dtype)
         for b, array in enumerate(arrays):
-            padded[(b, *(slice(0, s) for s in array.shape))] = array
+            row = padded[b]
+            row[tuple(slice(0, s) for s in array.shape)] = array
+            for axis, size in enumerate(array.shape):
+                if size < shape[axis]:
+                    row[(slice(None),) * axis + (slice(size, None),)] = kind.pad_value
         out[kind.name] = padded
     return out

@@ -66,7 +66,8 @@ def test_bad_artifacts_are_one_line_errors_naming_the_file(abmil_onnx, tmp_path)
         open_artifact(tmp_path / "missing.onnx")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
-    with pytest.raises(ArtifactError, match=f"{garbage}: onnxruntime cannot load it"):
+    # refused by the external-data check, which parses the file before onnxruntime opens anything
+    with pytest.raises(ArtifactError, match=f"{garbage}: not a readable ONNX model"):
         open_artifact(garbage)
     proto = onnx.load(str(abmil_onnx))
     for prop in [p for p in proto.metadata_props if p.key == METADATA_KEY]:
@@ -84,3 +85,27 @@ def test_a_failing_run_is_a_serving_error(abmil_onnx):
     backend = OnnxRuntimeBackend(abmil_onnx)
     with pytest.raises(ServingError, match="onnxruntime failed on a batch of shape 1x3x7"):
         backend.run({"features": np.zeros((1, 3, 7), np.float32), "mask": np.ones((1, 3), bool)})
+
+
+def test_threads_stop_spinning_after_a_run(abmil_onnx):
+    options = OnnxRuntimeBackend(abmil_onnx).session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+def test_the_arena_is_released_after_a_batch_at_most_half_the_largest_held(abmil_onnx, make_bags):
+    backend = OnnxRuntimeBackend(abmil_onnx)
+    shrinking, keeping = backend.run_options, backend._keep_options
+    with pytest.raises(RuntimeError):  # onnxruntime: no such entry
+        keeping.get_run_config_entry("memory.enable_memory_arena_shrinkage")
+    # B * N of each batch: the same size again keeps the arena warm; a batch of at most half releases it
+    sizes = [1000, 1000, 600, 500, 500, 2000, 999, 1000]
+    chosen = [backend._options_for(n) for n in sizes]
+    assert [c is shrinking for c in chosen] == [False, False, False, True, False, False, True, False]
+    # the runs themselves are unchanged by the options
+    inputs = padded(make_bags([40, 3]))
+    first = backend.run(inputs)
+    backend.run(padded(make_bags([200, 200, 200])))
+    again = backend.run(inputs)  # after a 3 x 200 batch, this 2 x 40 one releases the arena
+    np.testing.assert_array_equal(first["logits"], again["logits"])
+    never = OnnxRuntimeBackend(abmil_onnx, shrink_arena=False)
+    assert [never._options_for(n) is never._keep_options for n in (1000, 1, 1)] == [True, True, True]

@@ -244,3 +244,93 @@ def test_onnx_model_matches_eager_whatever_the_batch(abmil_onnx, eager, make_bag
         np.testing.assert_allclose(pred.logits, single.logits, atol=1e-5)
         np.testing.assert_allclose(pred.attention, single.attention, atol=1e-5)
     assert client.last_run.padded_fraction > 0  # the bags really were padded together
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_single_bad_value_anywhere_is_found(value):
+    rng = np.random.default_rng(3)
+    for where in [(0, 0), (17, 5), (39, D - 1)]:
+        bag = rng.normal(size=(40, D)).astype(np.float32)
+        bag[where] = value
+        pred = MILClient(FakeBackend()).predict([bag])[0]
+        assert pred.error == "features hold 1 NaN/inf values"
+
+
+def test_finite_values_whose_sum_overflows_float32_are_accepted():
+    # 40 x 8 values of 3e38: their float32 sum is inf, yet every value is finite and the bag is good
+    big = np.full((40, D), 3e38, np.float32)
+    assert not np.isfinite(big.sum())
+    preds = MILClient(FakeBackend()).predict([big, np.ones((3, D), np.float32)])
+    assert preds[0].error is None or "NaN/inf" not in preds[0].error
+    assert preds[1].ok
+
+
+def test_all_finite_agrees_with_numpy():
+    from milsdk.serving.client import all_finite
+
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64, np.float16):
+        bag = rng.normal(size=(33, 7)).astype(dtype)
+        assert all_finite(bag)
+        bag[5, 3] = np.nan
+        assert not all_finite(bag)
+    assert all_finite(np.full((4, 4), np.finfo(np.float32).max, np.float32))
+    assert not all_finite(np.array([[np.inf, -np.inf]], np.float32))
+
+
+def test_a_float32_bag_that_goes_alone_reaches_the_backend_uncopied():
+    class Recording(FakeBackend):
+        def run(self, inputs):
+            self.last = inputs
+            return super().run(inputs)
+
+    backend = Recording()
+    bag = np.random.default_rng(5).normal(size=(50, D)).astype(np.float32)
+    pred = MILClient(backend, max_instances=10, max_in_flight=1).predict([bag])[0]
+    assert pred.ok and pred.n_instances == 50
+    assert np.shares_memory(backend.last["features"], bag)  # no copy of a large bag on its way in
+
+
+def test_one_request_in_flight_runs_in_the_calling_thread():
+    class Where(FakeBackend):
+        threads = set()
+
+        def run(self, inputs):
+            self.threads.add(threading.get_ident())
+            return super().run(inputs)
+
+    backend = Where()
+    preds = MILClient(backend, max_batch_size=1, max_in_flight=1).predict(bags_of([3, 5, 7]))
+    assert all(p.ok for p in preds) and len(backend.shapes) == 3
+    assert backend.threads == {threading.get_ident()}
+    # and a failure still reaches the caller as it does with a pool
+    down = MILClient(FakeBackend(transient=10**9), max_in_flight=1, retry_deadline_s=0.1, retry_initial_s=0.05)
+    with pytest.raises(ServerUnavailableError, match="gave up"):
+        down.predict(bags_of([3]))
+
+
+def test_without_the_scan_a_bad_bag_is_still_named_by_its_outputs():
+    bad = np.ones((4, D), np.float32)
+    bad[2, 3] = np.nan
+    good = bags_of([6, 11])
+    preds = MILClient(FakeBackend(), check_finite=False).predict([good[0], bad, good[1]])
+    assert [p.ok for p in preds] == [True, False, True]
+    assert preds[1].error == "features hold 1 NaN/inf values"
+    scanned = MILClient(FakeBackend()).predict([good[0], bad, good[1]])
+    for a, b in zip(preds, scanned):  # the same results and the same error as with the scan
+        assert a.error == b.error
+        if a.ok:
+            np.testing.assert_array_equal(a.attention, b.attention)
+
+
+def test_the_triton_client_caps_padding_and_the_cap_reaches_the_planner():
+    import inspect
+
+    assert inspect.signature(MILClient.from_triton).parameters["max_padding"].default == 0.03
+    backend = FakeBackend()
+    sizes = [100, 99, 98, 60, 59, 10]
+    preds = MILClient(backend, max_instances=1000, max_batch_size=8, max_padding=0.05).predict(bags_of(sizes))
+    assert all(p.ok for p in preds)
+    assert sorted(backend.shapes) == sorted([(3, 100, D), (2, 60, D), (1, 10, D)])
+    with pytest.raises(ValueError, match="max_padding"):
+        MILClient(FakeBackend(), max_padding=-0.1)

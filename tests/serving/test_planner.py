@@ -84,3 +84,25 @@ def test_pad_batch_of_one_full_bag_copies_nothing():
     out = pad_batch([{"features": features}], n_max=5, inputs=["features", "mask"])
     assert out["features"].shape == (1, 5, 3) and np.shares_memory(out["features"], features)
     assert out["mask"].all() and out["mask"].shape == (1, 5)
+
+
+def test_max_padding_caps_each_requests_padded_share():
+    sizes = [100, 99, 98, 60, 59, 10]
+    loose = plan_batches(sizes, max_instances=1000, max_batch_size=8)
+    assert [b.indices for b in loose.batches] == [(0, 1, 2, 3, 4, 5)]
+    capped = plan_batches(sizes, max_instances=1000, max_batch_size=8, max_padding=0.05)
+    # 100, 99, 98 pad 1% of 300 slots; adding 60 would pad 10.75% of 400
+    assert [b.indices for b in capped.batches] == [(0, 1, 2), (3, 4), (5,)]
+    assert all(1 - b.n_real / b.slots <= 0.05 for b in capped.batches)
+    assert sorted(i for b in capped.batches for i in b.indices) == list(range(len(sizes)))
+    assert plan_batches(sizes, 1000, 8, max_padding=0.0).padded_fraction == 0.0
+    with pytest.raises(ValueError, match="max_padding"):
+        plan_batches(sizes, 1000, 8, max_padding=1.5)
+
+
+def test_lognormal_bags_through_the_triton_budget_pad_under_three_percent():
+    rng = np.random.default_rng(0)
+    sizes = np.clip(np.round(np.exp(rng.normal(np.log(3000), 0.75, size=200))), 1, 100_000).astype(int).tolist()
+    assert plan_batches(sizes, 32768, 8).padded_fraction > 0.025  # no cap: 2.9%
+    capped = plan_batches(sizes, 32768, 8, max_padding=0.03)
+    assert capped.padded_fraction <= 0.03 and all(1 - b.n_real / b.slots <= 0.03 for b in capped.batches)

@@ -1,0 +1,148 @@
+"""What the suite runs: one model in every form it is measured in, and the bags it is measured on.
+
+:func:`prepare_model` builds a registered model at the suite's feature dimension, converts torchmil's model of the
+same name to it where :func:`milsdk.models.from_torchmil` can (so both eager paths hold the same weights), and
+exports it to ONNX and TorchScript. :func:`make_bag` makes one bag (features and grid coords, so that models using
+positions or a graph run too) and :func:`model_inputs` the padded arrays of the deployment contract for it, with
+the graph the client would build.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PreparedModel", "prepare_model", "make_bag", "model_inputs", "count_flops"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedModel:
+    """A model ready to be measured.
+
+    Attributes:
+        name: the registered name.
+        model: the milsdk model (eval mode).
+        onnx_path / torchscript_path: its exported artifacts (None where the export failed; see ``notes``).
+        torchmil_model: torchmil's model of the same name, or None where torchmil has none that runs on a bag.
+        same_weights: whether ``torchmil_model`` holds the milsdk model's weights.
+        notes: what could not be done and why, one line each.
+    """
+
+    name: str
+    model: Any
+    onnx_path: Path | None = None
+    torchscript_path: Path | None = None
+    torchmil_model: Any = None
+    same_weights: bool = False
+    torchmil_call: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def _torchmil_class(name: str) -> Any:
+    try:
+        import torchmil.models as tm
+    except ModuleNotFoundError:
+        return None
+    return getattr(tm, name, None)
+
+
+def prepare_model(name: str, dim: int, out_dir: Path, seed: int = 0, small: bool = False) -> PreparedModel:
+    """Build, convert and export one registered model (see the module docstring).
+
+    Args:
+        name: a name from :func:`milsdk.models.list_models`.
+        dim: D, the feature dimension.
+        out_dir: where the artifacts are written.
+        small: build the model's declared test configuration (``test_config``, for smoke runs) instead of its
+            defaults (what a user gets from ``create_model(name)``).
+    """
+    import torch
+
+    from milsdk.export import export_onnx, export_torchscript
+    from milsdk.models import create_model, from_torchmil, get_model_class
+
+    config = dict(get_model_class(name).test_config) if small else {}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    reference, model, same = None, None, False
+    cls = _torchmil_class(name)
+    call: tuple[str, ...] = ()
+    if cls is None:
+        notes.append("torchmil 1.0.2 has no model of this name")
+    else:
+        params = inspect.signature(cls.forward).parameters
+        required = [p for p, v in params.items() if p not in ("self", "X") and v.default is inspect.Parameter.empty]
+        if required:
+            notes.append(f"torchmil's forward needs {', '.join(required)}: not measured eager in torchmil")
+        else:
+            torch.manual_seed(seed)
+            try:
+                reference = cls(in_shape=(dim,), **config).eval()
+            except Exception as exc:  # noqa: BLE001 - a reference that cannot be built is reported, not fatal
+                notes.append(f"torchmil {name}(in_shape=({dim},), **{config}) fails: {str(exc).splitlines()[0]}")
+            call = ("mask",) if "mask" in params else ()
+    if reference is not None:
+        try:
+            model = from_torchmil(reference, name, in_shape=(dim,), **config)
+            same = True
+        except Exception as exc:  # noqa: BLE001 - then each library keeps its own initialisation
+            notes.append(f"weights not converted ({str(exc).splitlines()[0]}): torchmil runs with its own init")
+    if model is None:
+        torch.manual_seed(seed)
+        model = create_model(name, in_shape=(dim,), **config)
+    model = model.eval()
+    prepared = PreparedModel(name, model, torchmil_model=reference, same_weights=same, torchmil_call=call,
+                             notes=notes)
+    for kind, export in (("onnx", export_onnx), ("torchscript", export_torchscript)):
+        suffix = ".onnx" if kind == "onnx" else ".pt"
+        try:
+            path = export(model, out_dir / f"{name}{suffix}")
+        except Exception as exc:  # noqa: BLE001 - an export that fails is a row in the report
+            notes.append(f"{kind} export failed: {str(exc).splitlines()[0]}")
+            continue
+        setattr(prepared, f"{kind}_path", Path(path))
+    return prepared
+
+
+def make_bag(n: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One bag: ``features`` (n, dim) float32 standard normal and ``coords`` (n, 2) float32, the cells of the
+    smallest square grid that holds n patches in a random order (as tiles of a slide)."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    cells = rng.permutation(side * side)[:n]
+    coords = np.stack([cells // side, cells % side], axis=1).astype(np.float32)
+    return {"features": rng.standard_normal((n, dim), dtype=np.float32), "coords": coords}
+
+
+def model_inputs(bag: dict[str, np.ndarray], inputs: list[str]) -> dict[str, np.ndarray]:
+    """The padded arrays (B = 1) of the deployment contract that ``inputs`` (``ModelInfo.inputs``) name, with
+    the 8-neighbour grid graph of the coords for a graph model (as :class:`~milsdk.serving.MILClient` builds)."""
+    from milsdk.contract import EDGE_INDEX, EDGE_WEIGHT
+    from milsdk.serving import pad_batch
+    from milsdk.utils.graph import coords_graph
+
+    prepared = dict(bag)
+    if EDGE_INDEX in inputs:
+        prepared[EDGE_INDEX], prepared[EDGE_WEIGHT] = coords_graph(bag["coords"])
+    return pad_batch([prepared], len(bag["features"]), inputs)
+
+
+def count_flops(fn: Any) -> int:
+    """FLOPs of one call of ``fn()`` as counted by :class:`torch.utils.flop_counter.FlopCounterMode`: the
+    matrix products (mm, addmm, bmm, baddbmm), convolutions and scaled-dot-product attention that torch runs,
+    2 FLOPs per multiply-add. Element-wise work (softmax, activations, norms) is not counted: it is memory-bound
+    and small next to the products, and the GEMMs are what the ceiling measures."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())

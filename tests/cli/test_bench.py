@@ -1,0 +1,29 @@
+import json
+
+from click.testing import CliRunner
+
+from milsdk.cli import main
+
+
+def test_bench_quick_writes_the_report(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(main, ["bench", "--quick", "--models", "abmil", "--sizes", "32",
+                                       "--no-rss", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["models"] == ["ABMIL"] and results["config"]["sizes"] == [32]
+    assert results["rss"] == []
+    assert all(t > 0 for m in results["measurements"] for t in m["times"])
+    assert (out / "RESULTS.md").is_file() and (out / "throughput.png").is_file()
+
+
+def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path):
+    out = tmp_path / "bench"
+    for args, message in ((["--models", "NoSuchMIL"], "unknown model(s) NoSuchMIL"),
+                          (["--sizes", "10,x"], "not a comma-separated list of integers"),
+                          (["--sizes", "0"], "bag sizes >= 1")):
+        result = CliRunner().invoke(main, ["bench", "--quick", *args, "--out", str(out)])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not out.exists()
