@@ -47,8 +47,6 @@ ABSENT: dict[str, str] = {
         "each bag's occupied cells (padding-invariant); milsdk.nn.transformers.T2TLayer is the other torchmil "
         "T2TLayer (transformer, then unfold), so re-exporting it here would change the behaviour"
     ),
-    "milsdk.nn.gnns.dense_mincut_pool.trace": "batched trace helper of torchmil's module; torch.diagonal(...).sum(-1)",
-    "milsdk.nn.gnns.dense_mincut_pool.diag": "batched diag_embed helper of torchmil's module; torch.diag_embed",
 }
 
 SIGNATURE: dict[str, str] = {

@@ -8,7 +8,31 @@ import torch
 from milsdk.nn.adjacency import node_degree, propagate, resolve_edges
 from milsdk.nn.masked import as_bool_mask
 
-__all__ = ["dense_mincut_pool"]
+__all__ = ["dense_mincut_pool", "diag", "trace"]
+
+
+def trace(x: torch.Tensor) -> torch.Tensor:
+    """Trace of each matrix of a batch.
+
+    Args:
+        x: (B, n, n).
+
+    Returns:
+        (B,) the sums of the diagonals.
+    """
+    return torch.diagonal(x, dim1=-2, dim2=-1).sum(-1)
+
+
+def diag(x: torch.Tensor) -> torch.Tensor:
+    """Diagonal matrices from a batch of vectors.
+
+    Args:
+        x: (B, n).
+
+    Returns:
+        (B, n, n) with ``x[b]`` on the diagonal of matrix b, 0 elsewhere.
+    """
+    return torch.diag_embed(x)
 
 
 def dense_mincut_pool(

@@ -81,3 +81,13 @@ def test_one_graph_without_batch_axis():
     expected = dense_mincut_pool(x[:1], A[:1], s[:1])
     for a, b in zip(got, expected):
         assert torch.allclose(a, b)
+
+
+def test_trace_and_diag_helpers_of_the_reference_module():
+    from milsdk.nn.gnns.dense_mincut_pool import diag, trace
+
+    x = torch.arange(18.0).reshape(2, 3, 3)
+    assert torch.equal(trace(x), torch.tensor([0.0 + 4 + 8, 9.0 + 13 + 17]))
+    v = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    assert torch.equal(diag(v), torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [0.0, -1.0]]]))
+    assert torch.equal(trace(diag(v)), v.sum(1))
