@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class _Stop(Exception):
-    """SIGTERM received."""
+    """SIGTERM or SIGINT received."""
 
 
 #: API groups that need the key by default: they change what the server runs or writes (load / unload models,
@@ -132,10 +132,13 @@ def serve(
         api_key=api_key,
     )
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_stop_signal(signum: int, frame: object) -> None:
         raise _Stop()
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    # SIGINT too, explicitly: Python leaves it ignored when the process starts with it ignored, as every
+    # `milsdk serve ... &` of a script does (non-interactive shells ignore SIGINT in background jobs), and
+    # `kill -INT` would then never stop the server
+    previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         click.echo(f"starting Triton on {repository} ...", err=True)
         server.start()
@@ -155,7 +158,8 @@ def serve(
         click.echo("stopping Triton ...", err=True)
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo("Triton stopped.", err=True)
 
 

@@ -50,9 +50,9 @@ def start_serve(repo, *args):
     process = subprocess.Popen(
         [sys.executable, "-c", "from milsdk.cli import main; main()", "serve", str(repo), *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # a test run started in the background (``cmd &`` in a non-interactive shell) hands its children SIGINT
-        # ignored, and the SIGINT case would then wait forever: give the server the default disposition back
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # started as `milsdk serve ... &` from a script is: SIGINT ignored (non-interactive shells do that to
+        # background jobs); serve installs its own SIGINT handler, so the SIGINT case still stops it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines = []
     deadline = time.monotonic() + 120
