@@ -136,7 +136,9 @@ def test_timeout_shorter_than_the_run_is_retried_then_one_error_naming_url_model
     server is unharmed: the next run, with a normal timeout, gives every bag exactly."""
     url = abmil_server.http_url if protocol == "http" else abmil_server.grpc_url
     huge = np.random.default_rng(3).normal(size=(400_000, 64)).astype(np.float32)
-    client = MILClient.from_triton(url, "abmil", timeout_s=0.05, retry_deadline_s=1.0, max_in_flight=1)
+    # a 5 s deadline: one attempt (serialising 100 MB, then the 0.05 s wait) took 0.9 s in a loaded CI run, so a
+    # 1 s deadline could end inside the first attempt, with no retry to see
+    client = MILClient.from_triton(url, "abmil", timeout_s=0.05, retry_deadline_s=5.0, max_in_flight=1)
     try:
         with pytest.raises(ServerUnavailableError) as raised:
             client.predict([huge])
@@ -144,7 +146,7 @@ def test_timeout_shorter_than_the_run_is_retried_then_one_error_naming_url_model
         client.close()
     message = str(raised.value)
     assert message.startswith(f"Triton at {url}, model 'abmil': no answer within the request timeout of 0.05 s")
-    assert message.endswith("(gave up after retrying for 1 s)") and "\n" not in message
+    assert message.endswith("(gave up after retrying for 5 s)") and "\n" not in message
     assert client.last_run.retries >= 1
     with MILClient.from_triton(url, "abmil", **BUDGET) as client:
         check_exact(client.predict(served_bags), local_results)
