@@ -44,7 +44,7 @@ DEFAULT_SIZES = (1_000, 4_000, 16_000, 64_000, 100_000)
 #: the measured paths, in report order.
 PATHS = (
     "eager milsdk", "eager torchmil", "TorchScript (MILClient)", "onnxruntime (MILClient)",
-    "onnxruntime raw session", "Triton HTTP (MILClient)", "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)",
+    "onnxruntime raw session", "onnxruntime int8 (MILClient)", "Triton HTTP (MILClient)", "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)",
 )
 QUICK_MODELS = ("ABMIL", "TransMIL")
 
@@ -197,6 +197,7 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
     onnx_client = MILClient.from_path(prepared.onnx_path) if prepared.onnx_path else None
     raw = ort.InferenceSession(str(prepared.onnx_path), providers=["CPUExecutionProvider"]) if onnx_client else None
     ts_client = MILClient.from_path(prepared.torchscript_path) if prepared.torchscript_path else None
+    int8_client = MILClient.from_path(prepared.int8_path) if prepared.int8_path else None
     info = onnx_client.info if onnx_client else None
     inputs_of = info.inputs if info else list(module.input_names)
     try:
@@ -247,8 +248,11 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
                                 ("onnxruntime raw session", result.raw_times)):
                 runner.results.append(Measurement(name, path, n, list(times), flops))
             overhead_rows.append(_overhead_row(name, result))
+            if int8_client is not None:
+                runner.measure(name, "onnxruntime int8 (MILClient)", n, flops,
+                               lambda: _ok(int8_client.predict(client_bag)))
     finally:
-        for client in (onnx_client, ts_client):
+        for client in (onnx_client, ts_client, int8_client):
             if client is not None:
                 client.close()
 
@@ -370,6 +374,10 @@ def run_suite(config: SuiteConfig, echo: Callable[[str], None] = print) -> dict[
                 else []
             )
             _measure_model(prepared, config, runner, overhead_rows)
+            if prepared.int8_path is not None:
+                accuracy = int8_accuracy(prepared, config)
+                results.setdefault("int8_accuracy", {})[name] = accuracy
+                echo(f"  int8 accuracy: {accuracy['summary']}")
             for m in measurements:
                 if m.model == name and m.times:
                     echo(f"  {m.path:28s} N={m.n:>7,d} {m.instances_per_s:>12,.0f} inst/s  "
@@ -408,6 +416,21 @@ def run_suite(config: SuiteConfig, echo: Callable[[str], None] = print) -> dict[
     echo(f"wrote {out_dir / 'RESULTS.md'}, {out_dir / 'throughput.png'}, {out_dir / 'results.json'} "
          f"in {results['seconds']:.0f} s")
     return results
+
+
+def int8_accuracy(prepared: PreparedModel, config: SuiteConfig) -> dict[str, Any]:
+    """The int8 artifact's accuracy report against eager float32 on synthetic bags of the suite's sizes (at most
+    16,000 instances: the eager reference runs each bag once)."""
+    from milsdk.export.accuracy import accuracy_report
+    from milsdk.export.artifact import read_model_info
+
+    info = read_model_info(prepared.int8_path)
+    bags = [(f"synthetic-{n}", model_inputs(make_bag(n, config.dim, seed=config.seed + 1), info.inputs))
+            for n in sorted({min(int(n), 16_000) for n in config.sizes})]
+    report = accuracy_report(prepared.int8_path, prepared.model, bags, bags_source="synthetic Gaussian")
+    return {"summary": report.summary(), "max_probability_change": report.max_probability_change,
+            "min_attention_spearman": report.min_attention_spearman, "passed": report.passed,
+            "sizes": [int(inputs["mask"].shape[1]) for _, inputs in bags]}
 
 
 def _largest_measured(measurements: list[Measurement], model: str) -> int | None:

@@ -29,7 +29,8 @@ class PreparedModel:
     Attributes:
         name: the registered name.
         model: the milsdk model (eval mode).
-        onnx_path / torchscript_path: its exported artifacts (None where the export failed; see ``notes``).
+        onnx_path / torchscript_path / int8_path: its exported artifacts, int8 the ``cpu-int8`` profile's ONNX
+            (None where the export failed; see ``notes``).
         torchmil_model: torchmil's model of the same name, or None where torchmil has none that runs on a bag.
         same_weights: whether ``torchmil_model`` holds the milsdk model's weights.
         notes: what could not be done and why, one line each.
@@ -39,6 +40,7 @@ class PreparedModel:
     model: Any
     onnx_path: Path | None = None
     torchscript_path: Path | None = None
+    int8_path: Path | None = None
     torchmil_model: Any = None
     same_weights: bool = False
     torchmil_call: tuple[str, ...] = ()
@@ -109,6 +111,10 @@ def prepare_model(name: str, dim: int, out_dir: Path, seed: int = 0, small: bool
             notes.append(f"{kind} export failed: {str(exc).splitlines()[0]}")
             continue
         setattr(prepared, f"{kind}_path", Path(path))
+    try:
+        prepared.int8_path = Path(export_onnx(model, out_dir / f"{name}_int8.onnx", precision="int8"))
+    except Exception as exc:  # noqa: BLE001 - same
+        notes.append(f"int8 export failed: {str(exc).splitlines()[0]}")
     return prepared
 
 

@@ -42,7 +42,14 @@ import click
     "--profile",
     default="cpu",
     show_default=True,
-    help="Profile name (cpu, gpu-fp16, triton-python) or path to a .toml profile.",
+    help="Profile name (cpu, cpu-int8, gpu-fp16, triton-python, triton-pytorch) or path to a .toml profile.",
+)
+@click.option(
+    "--accuracy-bags",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Held-out feature files or folders (.npy / .h5) for the accuracy report of an int8 / float16 export "
+    "(repeatable) [synthetic bags].",
 )
 def export(
     ckpt: Path,
@@ -54,19 +61,23 @@ def export(
     opset: int | None,
     max_batch_size: int | None,
     profile: str,
+    accuracy_bags: tuple[Path, ...],
 ) -> None:
     """Export a checkpoint to ONNX / TorchScript, verify it against PyTorch, optionally add it to a Triton
     repository.
 
     Nothing is written unless every artifact passes verification (parity with eager PyTorch at batch sizes 1-8
     and bag sizes 1-5000, padding invariance, finite one-instance bags); the report is written beside the
-    artifacts (verification.json / verification.md).
+    artifacts (verification.json / verification.md). A reduced-precision export (--profile cpu-int8, gpu-fp16)
+    also writes accuracy.json / accuracy.md: probability change and attention rank correlation against float32
+    on the --accuracy-bags, and fails if the profile's limits are missed.
 
     \b
     Examples:
       milsdk export abmil.ckpt
       milsdk export abmil.ckpt --format onnx --triton model_repository --version 2
       milsdk export abmil.ckpt --profile gpu-fp16 --triton model_repository
+      milsdk export abmil.ckpt --profile cpu-int8 --accuracy-bags held_out_slides/
       milsdk export abmil.ckpt --profile triton-python --triton model_repository
     """
     from milsdk.export.api import default_name, export_checkpoint
@@ -85,8 +96,11 @@ def export(
         max_batch_size=max_batch_size,
         profile=profile,
         progress=lambda message: click.echo(f"[{next(steps)}] {message}", err=True),
+        accuracy_bags=list(accuracy_bags) or None,
     )
     click.echo(result.table())
     click.echo(f"verification report: {result.reports[1]}")
+    if result.accuracy is not None:
+        click.echo(f"accuracy report: {result.output_dir / 'accuracy.md'}: {result.accuracy.summary()}")
     if result.triton_dir is not None:
         click.echo(f"Triton model: {result.triton_dir} ({result.profile.triton_backend} backend)")

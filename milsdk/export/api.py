@@ -14,6 +14,7 @@ from typing import Any
 
 from milsdk.contract import ModelInfo
 from milsdk.errors import ExportError, VerificationError
+from milsdk.export.accuracy import AccuracyReport, accuracy_report, held_out_bags, synthetic_bags, write_accuracy_report
 from milsdk.export.artifact import read_model_info
 from milsdk.export.files import check_folder_target, place_tree
 from milsdk.export.onnx import export_onnx
@@ -52,6 +53,8 @@ class ExportResult:
     profile: ExportProfile
     reports: tuple[Path, Path]
     triton_dir: Path | None = None
+    #: the accuracy report of a reduced-precision export (written as accuracy.json / accuracy.md), else None
+    accuracy: AccuracyReport | None = None
 
     def table(self) -> str:
         """A short text table: artifact, size, parity error, padding-invariance error, time."""
@@ -108,6 +111,7 @@ def export_checkpoint(
     plan: VerificationPlan | None = None,
     example_sizes: tuple[int, int] = (2, 16),
     progress: Callable[[str], None] | None = None,
+    accuracy_bags: Sequence[str | os.PathLike] | None = None,
 ) -> ExportResult:
     """Export and verify a checkpoint; write the artifacts only if every verification passes.
 
@@ -128,6 +132,8 @@ def export_checkpoint(
         plan: verification plan; default :meth:`VerificationPlan.default` (batch 1..8, bag 1..5000).
         example_sizes: (batch, bag size) of the export example, both >= 2.
         progress: called with a short message at each step.
+        accuracy_bags: held-out feature files or folders for the accuracy report of a reduced-precision
+            (int8 / float16) ONNX export; default synthetic bags (:mod:`milsdk.export.accuracy`).
 
     Returns:
         ExportResult (paths, sizes, timings, reports).
@@ -137,7 +143,9 @@ def export_checkpoint(
         ExportError: bad options or profile, an output target that cannot be written (an existing file where a
             folder must go; checked before any work), a model that does not fit the signature, an exporter
             failure.
-        VerificationError: an artifact failed verification (``report`` holds the reports; nothing is written).
+        VerificationError: an artifact failed verification, or a reduced-precision one its accuracy limits
+            (``report`` holds the reports; nothing is written).
+        BagError: an accuracy bag file that cannot be used (before any export work).
     """
     from milsdk.utils.checkpoint import read_checkpoint
 
@@ -166,6 +174,13 @@ def export_checkpoint(
         f"profile {prof.name}"
     )
     plan = plan or VerificationPlan.default()
+    accuracy_input, accuracy = None, None
+    if prof.precision != "float32" and "onnx" in chosen:
+        accuracy_input = (
+            (f"held-out: {', '.join(map(str, accuracy_bags))}", held_out_bags(accuracy_bags, info))
+            if accuracy_bags else ("synthetic Gaussian (pass held-out feature files for a meaningful report)",
+                                   synthetic_bags(info))
+        )
     with tempfile.TemporaryDirectory(prefix="milsdk-export-") as stage_root:
         stage = Path(stage_root) / "out"
         stage.mkdir()
@@ -204,6 +219,19 @@ def export_checkpoint(
                 f"{name}: nothing written, " + "; ".join(r.summary() for r in failed), report=reports
             )
         json_path, md_path = write_reports(reports, stage)
+        extra_files = [json_path, md_path]
+        if accuracy_input is not None:
+            source, bags = accuracy_input
+            say(f"accuracy of model.onnx ({prof.precision}) against float32 on {len(bags)} bags")
+            accuracy = accuracy_report(
+                stage / ARTIFACT_NAMES["onnx"], model, bags, bags_source=source,
+                max_probability_change=prof.max_probability_change,
+                min_attention_spearman=prof.min_attention_spearman,
+            )
+            if not accuracy.passed:
+                raise VerificationError(f"{name}: nothing written, {accuracy.summary()}", report=reports)
+            extra_files += write_accuracy_report(accuracy, stage)
+            say(accuracy.summary())
 
         triton_stage = None
         if triton_repo is not None:
@@ -219,7 +247,7 @@ def export_checkpoint(
                 instance_groups=prof.instance_groups,
                 dynamic_batching=prof.dynamic_batching,
                 features_dtype=prof.features_dtype,
-                extra_files=(json_path, md_path),
+                extra_files=tuple(extra_files),
             )
         output_dir = place_tree(stage, output_dir)
         triton_dir = place_tree(triton_stage, Path(triton_repo) / name) if triton_stage is not None else None
@@ -234,4 +262,5 @@ def export_checkpoint(
         profile=prof,
         reports=(output_dir / json_path.name, output_dir / md_path.name),
         triton_dir=triton_dir,
+        accuracy=accuracy,
     )

@@ -19,9 +19,10 @@ import onnx
 import torch
 
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
-from milsdk.errors import ExportError
+from milsdk.errors import ExportError, ModelConfigError
 from milsdk.export.files import atomic_write
 from milsdk.export.onnx_file import load_onnx, onnx_signature, read_onnx_info
+from milsdk.export.quantize import quantize_int8
 from milsdk.export.quiet import first_line, quiet_exporter
 from milsdk.export.signature import (
     DeploymentModule,
@@ -133,8 +134,8 @@ def export_onnx(
         model: a MILModel with in_shape (D,).
         path: destination ``.onnx`` file.
         opset: ONNX opset (default 18, see the module docstring).
-        precision: "float32" or "float16" compute (float16 keeps the attention softmax and the outputs
-            float32).
+        precision: "float32", "float16" (keeps the attention softmax and the outputs float32) or "int8" (the
+            float32 graph with int8 weights, :func:`~milsdk.export.quantize.quantize_int8`).
         features_dtype: dtype of the ``features`` input, "float32" (default) or "float16".
         example_batch, example_instances: example sizes, both >= 2 (a size-1 example specialises its axis).
         info: metadata to embed (default :func:`~milsdk.export.signature.model_info` of the model).
@@ -145,8 +146,13 @@ def export_onnx(
     Raises:
         ExportError: the exporter failed, or the graph does not have the contract's names, dtypes or dynamic
             axes.
+        ModelConfigError: the model's ``onnx_unsupported`` names why its config cannot be exported to ONNX.
     """
     path = Path(path)
+    # a model whose config has no static graph says so (e.g. SETMIL grid="all_cells"): one line, not a trace
+    unsupported = getattr(model, "onnx_unsupported", None)
+    if unsupported:
+        raise ModelConfigError(f"{type(model).__name__}: {unsupported}")
     module = DeploymentModule(model, precision)
     base = info if info is not None else model_info(model)
     info = with_export_details(
@@ -177,6 +183,8 @@ def export_onnx(
     if program is None:
         raise ExportError(f"{info.model_name}: torch.onnx.export returned no program")
     proto = program.model_proto
+    if precision == "int8":
+        proto = quantize_int8(proto)
     expected = signature_specs(info, features_dtype)
     _name_dims(proto, expected)
     check_onnx_signature(proto, expected, source=str(path))

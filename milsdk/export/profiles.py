@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from milsdk.errors import ExportError
-from milsdk.export.signature import PRECISIONS
+from milsdk.export.signature import FEATURE_DTYPES, PRECISIONS
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -60,6 +60,9 @@ class ExportProfile:
     triton_backend: str = "onnxruntime"
     dynamic_batching: bool = False
     instance_groups: tuple[InstanceGroup, ...] = field(default_factory=lambda: (InstanceGroup(),))
+    #: limits of the accuracy report of a reduced-precision export (milsdk.export.accuracy)
+    max_probability_change: float = 0.02
+    min_attention_spearman: float = 0.98
 
     @property
     def uses_gpu(self) -> bool:
@@ -142,10 +145,20 @@ def _parse(path: Path, data: dict[str, Any], name: str) -> ExportProfile:
     if not 13 <= opset <= 24:
         raise top._fail("opset", f"must be between 13 and 24, got {opset}")
     precision = top.take("precision", str, "float32", PRECISIONS)
-    features_dtype = top.take("features_dtype", str, "float32", PRECISIONS)
+    features_dtype = top.take("features_dtype", str, "float32", FEATURE_DTYPES)
     max_batch_size = top.positive("max_batch_size", 8)
     triton = _Reader(path, top.take("triton", dict, {}), "triton.")
+    accuracy = _Reader(path, top.take("accuracy", dict, {}), "accuracy.")
     top.done()
+    limits = {}
+    for key, default in (("max_probability_change", 0.02), ("min_attention_spearman", 0.98)):
+        value = float(accuracy.take(key, (int, float), default))
+        if not 0.0 <= value <= 1.0:
+            raise accuracy._fail(key, f"must be between 0 and 1, got {value}")
+        limits[key] = value
+    accuracy.done()
+    if precision == "int8" and "torchscript" in formats:
+        raise top._fail("formats", "holds 'torchscript'; precision int8 is an ONNX export")
     backend = triton.take("backend", str, "onnxruntime", tuple(TRITON_BACKENDS))
     dynamic_batching = triton.take("dynamic_batching", bool, False)
     groups = []
@@ -180,6 +193,7 @@ def _parse(path: Path, data: dict[str, Any], name: str) -> ExportProfile:
         triton_backend=backend,
         dynamic_batching=dynamic_batching,
         instance_groups=tuple(groups),
+        **limits,
     )
 
 

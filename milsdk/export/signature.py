@@ -31,6 +31,7 @@ from milsdk.errors import ExportError
 from milsdk.export.bags import random_batch
 
 __all__ = [
+    "FEATURE_DTYPES",
     "PRECISIONS",
     "DeploymentModule",
     "check_exportable",
@@ -40,8 +41,11 @@ __all__ = [
     "with_export_details",
 ]
 
-#: compute precisions an export can use. Inputs other than features and all outputs stay float32.
-PRECISIONS = ("float32", "float16")
+#: compute precisions an export can use. Inputs other than features and all outputs stay float32. int8 is ONNX
+#: only: the float32 graph's weights quantised after export (:mod:`milsdk.export.quantize`).
+PRECISIONS = ("float32", "float16", "int8")
+#: dtypes the ``features`` input can have.
+FEATURE_DTYPES = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -90,8 +94,9 @@ class DeploymentModule(torch.nn.Module):
 
     Args:
         model: a MILModel with ``in_shape=(D,)`` (eval mode is set).
-        precision: "float32" or "float16". With float16 a half-precision copy of the model runs inside:
-            features are cast on entry, the masked softmax of the attention and the outputs stay float32.
+        precision: "float32", "float16" or "int8". With float16 a half-precision copy of the model runs inside:
+            features are cast on entry, the masked softmax of the attention and the outputs stay float32. int8
+            traces the float32 model (the ONNX exporter quantises the graph afterwards).
 
     Shapes:
         features: (B, N, D) float32 (or float16), zero-padded; mask: (B, N) bool, True = real instance;
@@ -120,7 +125,7 @@ class DeploymentModule(torch.nn.Module):
             raise ExportError(
                 f"{_model_name(model)}: precision must be one of {PRECISIONS}, got {precision!r}"
             )
-        if precision != "float32":
+        if precision in _TORCH_DTYPES and precision != "float32":
             model = copy.deepcopy(model).to(_TORCH_DTYPES[precision])
         self.model = model.eval()
         self.precision = precision

@@ -75,7 +75,7 @@ def export_torchscript(
     Args:
         model: a MILModel with in_shape (D,).
         path: destination ``.pt`` file.
-        precision: "float32" or "float16" compute (outputs stay float32).
+        precision: "float32" or "float16" compute (outputs stay float32); "int8" is ONNX only.
         features_dtype: dtype of the ``features`` input.
         example_batch, example_instances: example sizes for the trace fallback (>= 2).
         info: metadata to embed (default :func:`~milsdk.export.signature.model_info` of the model).
@@ -87,6 +87,9 @@ def export_torchscript(
         ExportError: scripting failed and the traced fallback is wrong or fails at other sizes.
     """
     path = Path(path)
+    if precision == "int8":
+        raise ExportError("precision int8 is an ONNX export (onnxruntime dynamic quantisation); "
+                          "use --format onnx")
     module = DeploymentModule(model, precision)
     base = info if info is not None else model_info(model)
     details: dict[str, object] = {

@@ -149,7 +149,12 @@ class Tolerances:
     @classmethod
     def for_precision(cls, precision: str) -> Tolerances:
         """float32: 1e-4 parity, 1e-5 padding, 1e-4 sums. float16: 1e-2 + 1e-2 |e| parity, 1e-3 padding and
-        sums."""
+        sums. int8: 5e-2 + 5e-2 |e| parity (the int8 weights' rounding; the accuracy report states the effect on
+        probabilities and attention ranks), 5e-2 padding (zeros never change the activations' scale, but it is
+        per tensor: the other bags of a batch move a bag's result by about one quantisation step), 1e-4 sums
+        (the softmax stays float32)."""
+        if precision == "int8":
+            return cls(parity_atol=5e-2, parity_rtol=5e-2, padding=5e-2, attention_sum=1e-4)
         if precision == "float16":
             return cls(parity_atol=1e-2, parity_rtol=1e-2, padding=1e-3, attention_sum=1e-3)
         return cls(parity_atol=1e-4, parity_rtol=0.0, padding=1e-5, attention_sum=1e-4)
@@ -333,6 +338,9 @@ def _onnx_runner(path: Path) -> Runner:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # verification alternates onnxruntime runs with eager torch in this process: a pool spinning after its run
+    # would take the cores of torch's next call (as in the serving backend)
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot load it, whatever it raises

@@ -15,7 +15,12 @@ def test_bench_quick_writes_the_report(tmp_path):
     assert results["config"]["models"] == ["ABMIL"] and results["config"]["sizes"] == [32]
     assert results["rss"] == []
     assert all(t > 0 for m in results["measurements"] for t in m["times"])
+    assert {m["path"] for m in results["measurements"] if m["times"]} >= {
+        "onnxruntime (MILClient)", "onnxruntime int8 (MILClient)"}
+    accuracy = results["int8_accuracy"]["ABMIL"]
+    assert accuracy["sizes"] == [32] and 0 <= accuracy["max_probability_change"] <= 0.02
     assert (out / "RESULTS.md").is_file() and (out / "throughput.png").is_file()
+    assert "ABMIL int8: >= x1.8 over float32 served" in (out / "RESULTS.md").read_text()
 
 
 def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path):

@@ -107,7 +107,7 @@ def test_bad_profile_is_one_line(ckpt, tmp_path, monkeypatch):
     result, _ = _run(["export", str(ckpt), "--profile", "gpu-fp32"], tmp_path, monkeypatch)
     assert result.exit_code == 1
     assert (
-        result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, gpu-fp16, "
+        result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, cpu-int8, gpu-fp16, "
         "triton-python, triton-pytorch (or a .toml path)"
     )
 

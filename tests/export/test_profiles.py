@@ -17,7 +17,7 @@ def test_packaged_profiles_are_the_top_level_folder():
     link = REPO / "milsdk" / "export" / "profiles"
     assert link.is_symlink() and os.readlink(link) == "../../export/profiles"
     assert PROFILES_DIR.resolve() == (REPO / "export" / "profiles").resolve()
-    assert list_profiles() == ["cpu", "gpu-fp16", "triton-python", "triton-pytorch"]
+    assert list_profiles() == ["cpu", "cpu-int8", "gpu-fp16", "triton-python", "triton-pytorch"]
 
 
 def test_packaged_profiles():
@@ -42,6 +42,18 @@ def test_packaged_profiles():
     assert (torchscript.formats, torchscript.triton_backend, torchscript.triton_format) == (
         ("torchscript",), "pytorch", "torchscript")
     assert torchscript.uses_gpu and torchscript.precision == "float32"
+    int8 = load_profile("cpu-int8")
+    assert (int8.precision, int8.features_dtype, int8.formats, int8.triton_format, int8.uses_gpu) == (
+        "int8", "float32", ("onnx",), "onnx", False)
+    assert (int8.max_probability_change, int8.min_attention_spearman) == (0.02, 0.98)
+    assert (cpu.max_probability_change, cpu.min_attention_spearman) == (0.02, 0.98)  # defaults
+
+
+def test_accuracy_limits_from_a_profile(tmp_path):
+    path = _toml(tmp_path, 'precision = "int8"\nformats = ["onnx"]\n[accuracy]\nmax_probability_change = 0.05\n'
+                           'min_attention_spearman = 0.9\n')
+    profile = load_profile(path)
+    assert (profile.precision, profile.max_probability_change, profile.min_attention_spearman) == ("int8", 0.05, 0.9)
 
 
 def _toml(tmp_path, text, name="custom.toml"):
@@ -77,7 +89,11 @@ def test_profile_from_a_path(tmp_path):
         ("[[triton.instance_group]]\ngpus = [0]\n", "only valid with kind"),
         ("max_batch_size = 0\n", "key 'max_batch_size' must be >= 1"),
         ("max_batch_size = '8'\n", "key 'max_batch_size' must be int"),
-        ("precision = 'bfloat16'\n", "key 'precision' must be one of float32, float16"),
+        ("precision = 'bfloat16'\n", "key 'precision' must be one of float32, float16, int8"),
+        ("features_dtype = 'int8'\n", "key 'features_dtype' must be one of float32, float16"),
+        ("precision = 'int8'\n", "key 'formats' holds 'torchscript'; precision int8 is an ONNX export"),
+        ("[accuracy]\nmax_probability_change = 2\n", "key 'accuracy.max_probability_change' must be between 0 and 1"),
+        ("[accuracy]\nspearman = 0.9\n", "key 'accuracy.spearman' is unknown"),
         (
             "formats = ['onnx']\n[triton]\nbackend = 'pytorch'\n",
             "serves torchscript, which is not in formats",
@@ -94,7 +110,7 @@ def test_bad_profiles_name_the_file_and_key(tmp_path, text, message):
 
 def test_unknown_names_and_missing_files(tmp_path):
     with pytest.raises(
-        ExportError, match="unknown profile 'gpu'; packaged profiles: cpu, gpu-fp16, triton-python, triton-pytorch"
+        ExportError, match="unknown profile 'gpu'; packaged profiles: cpu, cpu-int8, gpu-fp16, triton-python, triton-pytorch"
     ):
         load_profile("gpu")
     with pytest.raises(ExportError, match="no such file"):

@@ -1,0 +1,102 @@
+"""int8 dynamic quantisation of an exported float32 ONNX graph (the ``int8`` export precision).
+
+Weights of every matrix product with a constant right-hand side (the Linear layers: an attention MIL model's
+first layer, the transformer's qkv / output projections, the classifier) become int8, per output channel; the
+activations are quantised on the fly, per tensor, to uint8 (``DynamicQuantizeLinear`` -> ``MatMulInteger``,
+which onnxruntime fuses into ``DynamicQuantizeMatMul``: u8 x s8 with AVX-512 VNNI on this CPU). Products of two
+activations (attention scores, the Nystrom pieces, the attention-weighted sum of the features) and everything
+else (softmaxes, norms) stay float32, so the attention distribution keeps its float32 normalisation.
+
+Why the weights must be initializers first: the dynamo exporter keeps a ``Transpose`` between a weight and its
+MatMul when the weight is used more than once (TransMIL's qkv), and onnxruntime's quantiser quantises only
+MatMuls whose weight is an initializer; :func:`fold_transposed_weights` folds those transposes first
+(measured on TransMIL D = 1024: 2 of its 4 largest projections were skipped otherwise).
+
+Padding stays exact: ``DynamicQuantizeLinear``'s range always includes 0, so the zeros of padded rows never change
+a batch's scale. A bag's result can still move by about one quantisation step with the other bags of its batch
+(the scale is per tensor); verification states the looser tolerances (:meth:`~milsdk.export.verify.Tolerances.
+for_precision`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from milsdk.errors import ExportError
+from milsdk.export.quiet import first_line
+
+__all__ = ["fold_transposed_weights", "quantize_int8"]
+
+
+def fold_transposed_weights(proto: onnx.ModelProto) -> int:
+    """Replace each ``Transpose`` of an initializer by the transposed initializer (in place).
+
+    Returns:
+        How many transposes were folded.
+    """
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    kept, folded = [], 0
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in inits:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            array = np.transpose(numpy_helper.to_array(inits[node.input[0]]), perm)
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), node.output[0]))
+            folded += 1
+        else:
+            kept.append(node)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        for init in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(init)
+    return folded
+
+
+def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The int8 dynamically quantised version of a float32 milsdk ONNX graph (metadata kept).
+
+    Args:
+        proto: the float32 graph (deployment signature; its inputs and outputs are unchanged).
+
+    Returns:
+        A new ModelProto: int8 weights per output channel for MatMul / Gemm with constant weights.
+
+    Raises:
+        ExportError: the quantiser failed.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    fold_transposed_weights(proto)
+    metadata = [(p.key, p.value) for p in proto.metadata_props]
+    with tempfile.TemporaryDirectory(prefix="milsdk-int8-") as folder:
+        src, dst = Path(folder) / "float32.onnx", Path(folder) / "int8.onnx"
+        onnx.save_model(proto, src)
+        # the quantiser logs a warning on the root logger for every tensor it leaves float32, by design here
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(
+                src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
+                # products of two activations (attention, Nystrom) stay float32
+                extra_options={"MatMulConstBOnly": True},
+            )
+        except Exception as exc:
+            raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from exc
+        finally:
+            root.setLevel(level)
+        quantized = onnx.load_model(dst)
+    del quantized.metadata_props[:]
+    for key, value in metadata:
+        quantized.metadata_props.add(key=key, value=value)
+    quantized.doc_string = proto.doc_string
+    return quantized

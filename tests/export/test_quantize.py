@@ -1,0 +1,106 @@
+"""int8 dynamic quantisation of exported graphs: folded weight transposes, every constant-weight product int8,
+metadata kept, outputs close to float32, padding exact, and TorchScript refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from milsdk.contract import METADATA_KEY
+from milsdk.errors import ExportError
+from milsdk.export.artifact import read_model_info
+from milsdk.export.onnx import export_onnx
+from milsdk.export.quantize import fold_transposed_weights
+from milsdk.export.torchscript import export_torchscript
+from milsdk.models import ABMIL, TransMIL
+
+D = 48
+
+
+def _run(proto_or_path, feeds):
+    source = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) else str(proto_or_path)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_fold_transposed_weights_moves_the_transpose_into_the_initializer():
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"]),
+         helper.make_node("MatMul", ["x", "wt"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    before = _run(proto, {"x": x})
+    assert fold_transposed_weights(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["MatMul", "MatMul"]
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert list(inits) == ["wt"] and np.array_equal(inits["wt"], w.T)  # the unused original is removed
+    after = _run(proto, {"x": x})
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert fold_transposed_weights(proto) == 0
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{name: (model, float32 path, int8 path)} for ABMIL and a small TransMIL."""
+    folder = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    out = {}
+    for name, model in (("ABMIL", ABMIL(in_shape=(D,), att_dim=16)),
+                        ("TransMIL", TransMIL(in_shape=(D,), att_dim=32, n_heads=2, n_landmarks=8))):
+        model.eval()
+        out[name] = (model, export_onnx(model, folder / f"{name}.onnx"),
+                     export_onnx(model, folder / f"{name}_int8.onnx", precision="int8"))
+    return out
+
+
+@pytest.mark.parametrize("name", ["ABMIL", "TransMIL"])
+def test_every_product_with_a_constant_weight_is_int8(name, exported):
+    model, _, int8_path = exported[name]
+    proto = onnx.load(int8_path)
+    inits = {i.name for i in proto.graph.initializer}
+    float_weight_products = [n.name for n in proto.graph.node
+                             if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
+    assert float_weight_products == []
+    n_int8 = sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in proto.graph.node)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert n_int8 >= n_linear - 1  # the classifier of a binary model may be folded into one product with others
+    int8_weights = [i for i in proto.graph.initializer if i.data_type == TensorProto.INT8]
+    assert len(int8_weights) >= n_int8
+    assert onnx.load(int8_path).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # float32 I/O
+    info = read_model_info(int8_path)
+    assert info.model_name == name and info.extra["export"]["precision"] == "int8"
+    assert any(p.key == METADATA_KEY for p in proto.metadata_props)
+
+
+@pytest.mark.parametrize("name", ["ABMIL", "TransMIL"])
+def test_int8_outputs_are_close_to_float32_and_padding_is_exact(name, exported):
+    _, fp32_path, int8_path = exported[name]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 300, D)).astype(np.float32)
+    mask = np.ones((1, 300), dtype=bool)
+    ref_logits, ref_att = _run(fp32_path, {"features": x, "mask": mask})
+    logits, att = _run(int8_path, {"features": x, "mask": mask})
+    assert np.abs(logits - ref_logits).max() <= 5e-2 * (1 + np.abs(ref_logits).max())
+    assert np.abs(att - ref_att).max() <= 5e-3 and abs(att.sum() - 1) <= 1e-5
+    assert not np.array_equal(logits, ref_logits)  # it is not the float32 graph
+    # zero padding never changes the activations' scale: the padded bag equals the bag alone
+    padded = np.concatenate([x, np.zeros((1, 200, D), np.float32)], axis=1)
+    pad_mask = np.concatenate([mask, np.zeros((1, 200), bool)], axis=1)
+    p_logits, p_att = _run(int8_path, {"features": padded, "mask": pad_mask})
+    assert np.abs(p_logits - logits).max() <= 1e-5 and np.abs(p_att[:, :300] - att).max() <= 1e-6
+    assert np.all(p_att[:, 300:] == 0)
+
+
+def test_torchscript_int8_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ExportError, match="precision int8 is an ONNX export") as info:
+        export_torchscript(ABMIL(in_shape=(D,)).eval(), tmp_path / "m.pt", precision="int8")
+    assert "\n" not in str(info.value) and not (tmp_path / "m.pt").exists()
