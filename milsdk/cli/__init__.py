@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 import click
 
 from milsdk._version import __version__
 from milsdk.errors import MILSDKError
+
+# torch's OpenMP threads spin-wait between operators by default; on a machine shared with other jobs a spinning
+# thread holds a core the other one needs. Measured on 2 cores with 4 busy processes (benchmarks/
+# thread_contention.py -> results/thread_contention.md): demo-like training 2.74 s (worst 6.1 s) spinning vs
+# 1.09 s (worst 1.31 s) passive; quiet, 0.18 vs 0.21 s, and a large eager forward the same. Every subcommand that
+# runs torch imports it after this line, so the policy is set before its OpenMP runtime loads; a value in the
+# environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # command name -> "module:attribute"
 _COMMANDS = {

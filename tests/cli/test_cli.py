@@ -36,3 +36,16 @@ def test_training_command_without_torch_names_the_extra_to_install():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip() == 'Error: milsdk train needs torch, which is not installed: pip install "milsdk[train]"'
+
+
+def test_the_command_sets_a_passive_openmp_wait_policy_before_torch_loads_unless_one_is_given():
+    import os
+
+    code = ("import milsdk.cli, os, sys; assert 'torch' not in sys.modules; import torch; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
