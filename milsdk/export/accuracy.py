@@ -3,9 +3,12 @@ held-out bags, written beside the artifact as ``accuracy.json`` / ``accuracy.md`
 
 Per bag (each run alone): the largest change of a class probability (sigmoid or softmax of the logits, as the
 client reports them; for a survival model, ``output_activation = "risk"``, the risk itself), whether the
-predicted label is the same, and the Spearman rank correlation of the attention over the bag's instances (bags
-of at least 3 instances; average ranks for ties). The report passes when the largest probability change and the
-smallest attention correlation meet the profile's limits (``[accuracy]``; defaults 0.02 and 0.98).
+predicted label is the same, and the Spearman rank correlation of the attention over the bag's instances
+(average ranks for ties). The report passes when the largest probability change and the smallest attention
+correlation meet the profile's limits (``[accuracy]``; defaults 0.02 and 0.98). The correlation limit applies to
+bags of at least ``attention_min_instances`` (default 20) instances; smaller bags are reported, not judged: in a
+bag of 6 one swap of two near-equal weights is rho = 0.943 (measured on the demo's bags, where int8 swaps only such
+pairs), in a bag of 20 it is 0.998.
 
 Held-out bags are feature files (``.npy`` / ``.h5``, as ``milsdk predict`` reads them) that the model was not
 trained on; without them the report runs on synthetic Gaussian bags of 1 to 5,000 instances and says so: a
@@ -50,6 +53,7 @@ class AccuracyReport:
     label_agreement: float
     min_attention_spearman: float | None
     median_attention_spearman: float | None
+    attention_min_instances: int
     limits: dict[str, float]
     passed: bool
     per_bag: list[dict[str, Any]] = field(default_factory=list)
@@ -60,8 +64,8 @@ class AccuracyReport:
         return (
             f"{self.artifact} ({self.precision}) on {self.n_bags} {self.bags_source} bags: "
             f"max probability change {self.max_probability_change:.4f} "
-            f"(limit {self.limits['max_probability_change']}), min attention Spearman {rho} "
-            f"(limit {self.limits['min_attention_spearman']}), labels agree on {100 * self.label_agreement:.1f}%: "
+            f"(limit {self.limits['max_probability_change']}), min attention Spearman {rho} over bags of >= "
+            f"{self.attention_min_instances} instances (limit {self.limits['min_attention_spearman']}), labels agree on {100 * self.label_agreement:.1f}%: "
             + ("passed" if self.passed else "FAILED")
         )
 
@@ -73,8 +77,9 @@ class AccuracyReport:
             f"- bags: {self.n_bags} ({self.bags_source})",
             f"- probability change: max {self.max_probability_change:.5f}, median "
             f"{self.median_probability_change:.5f} (limit {self.limits['max_probability_change']})",
-            f"- attention Spearman (bags of >= 3 instances): min {_fmt(self.min_attention_spearman)}, median "
-            f"{_fmt(self.median_attention_spearman)} (limit {self.limits['min_attention_spearman']})",
+            f"- attention Spearman (bags of >= {self.attention_min_instances} instances): min "
+            f"{_fmt(self.min_attention_spearman)}, median {_fmt(self.median_attention_spearman)} (limit "
+            f"{self.limits['min_attention_spearman']}; smaller bags are listed below, not judged)",
             f"- predicted labels agree: {100 * self.label_agreement:.1f}%",
             f"- {'passed' if self.passed else 'FAILED'}",
             "",
@@ -185,6 +190,7 @@ def accuracy_report(
     bags_source: str,
     max_probability_change: float = 0.02,
     min_attention_spearman: float = 0.98,
+    attention_min_instances: int = 20,
 ) -> AccuracyReport:
     """Compare an ONNX artifact with its eager float32 model on each bag alone.
 
@@ -194,6 +200,7 @@ def accuracy_report(
         bags: (name, inputs) pairs, inputs a batch of one bag: features (1, N, D), mask (1, N), extra inputs.
         bags_source: where the bags come from, for the report ("held-out: <paths>" or "synthetic Gaussian").
         max_probability_change, min_attention_spearman: the pass limits.
+        attention_min_instances: the smallest bag the Spearman limit judges (>= 3).
 
     Returns:
         The report (``passed`` says whether the limits are met).
@@ -214,7 +221,7 @@ def accuracy_report(
         agree = _label(p, info) == _label(q, info)
         changes.append(change)
         same.append(agree)
-        if rho is not None:
+        if rho is not None and n >= attention_min_instances:
             rhos.append(rho)
         per_bag.append({"name": name, "n_instances": n, "probability_change": change, "attention_spearman": rho,
                         "same_label": agree})
@@ -228,7 +235,8 @@ def accuracy_report(
         bags_source=bags_source, n_bags=len(per_bag), max_probability_change=max(changes, default=0.0),
         median_probability_change=float(np.median(changes)) if changes else 0.0,
         label_agreement=float(np.mean(same)) if same else 1.0, min_attention_spearman=worst_rho,
-        median_attention_spearman=float(np.median(rhos)) if rhos else None, limits=limits, passed=passed,
+        median_attention_spearman=float(np.median(rhos)) if rhos else None,
+        attention_min_instances=int(attention_min_instances), limits=limits, passed=passed,
         per_bag=per_bag,
     )
 

@@ -227,6 +227,7 @@ def export_checkpoint(
                 stage / ARTIFACT_NAMES["onnx"], model, bags, bags_source=source,
                 max_probability_change=prof.max_probability_change,
                 min_attention_spearman=prof.min_attention_spearman,
+                attention_min_instances=prof.attention_min_instances,
             )
             if not accuracy.passed:
                 raise VerificationError(f"{name}: nothing written, {accuracy.summary()}", report=reports)

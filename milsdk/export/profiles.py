@@ -63,6 +63,7 @@ class ExportProfile:
     #: limits of the accuracy report of a reduced-precision export (milsdk.export.accuracy)
     max_probability_change: float = 0.02
     min_attention_spearman: float = 0.98
+    attention_min_instances: int = 20
 
     @property
     def uses_gpu(self) -> bool:
@@ -156,6 +157,9 @@ def _parse(path: Path, data: dict[str, Any], name: str) -> ExportProfile:
         if not 0.0 <= value <= 1.0:
             raise accuracy._fail(key, f"must be between 0 and 1, got {value}")
         limits[key] = value
+    limits["attention_min_instances"] = accuracy.take("attention_min_instances", int, 20)
+    if limits["attention_min_instances"] < 3:
+        raise accuracy._fail("attention_min_instances", f"must be >= 3, got {limits['attention_min_instances']}")
     accuracy.done()
     if precision == "int8" and "torchscript" in formats:
         raise top._fail("formats", "holds 'torchscript'; precision int8 is an ONNX export")

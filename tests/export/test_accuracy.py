@@ -60,14 +60,21 @@ def test_report_figures_equal_a_direct_computation(int8_abmil):
         change = abs(1 / (1 + np.exp(-logits.item())) - torch.sigmoid(ref_logits).item())
         assert row["name"] == name and row["probability_change"] == pytest.approx(change, abs=1e-6)
         n = inputs["features"].shape[1]
-        if n >= 3:
+        if n >= 3:  # listed for every bag of >= 3; judged from attention_min_instances (20) on
             assert row["attention_spearman"] == pytest.approx(spearman(att[0], ref_att[0].numpy()), abs=1e-9)
         else:
             assert row["attention_spearman"] is None
     assert report.max_probability_change == max(r["probability_change"] for r in report.per_bag)
     assert 0 < report.max_probability_change <= 0.02 and report.min_attention_spearman >= 0.98 and report.passed
+    judged = [r["attention_spearman"] for r in report.per_bag if r["n_instances"] >= 20]
+    assert report.min_attention_spearman == min(judged) and report.attention_min_instances == 20
     strict = accuracy_report(path, model, bags, bags_source="synthetic", max_probability_change=1e-9)
     assert not strict.passed and "FAILED" in strict.summary()
+    perfect = accuracy_report(path, model, bags, bags_source="synthetic", min_attention_spearman=1.0)
+    assert not perfect.passed  # int8 reorders some near-equal weights in the larger bags
+    unjudged = accuracy_report(path, model, bags, bags_source="synthetic", min_attention_spearman=1.0,
+                               attention_min_instances=10**6)
+    assert unjudged.passed and unjudged.min_attention_spearman is None and "n/a" in unjudged.summary()
 
 
 def test_held_out_bags_from_feature_files(tmp_path, int8_abmil):

@@ -45,7 +45,8 @@ def test_packaged_profiles():
     int8 = load_profile("cpu-int8")
     assert (int8.precision, int8.features_dtype, int8.formats, int8.triton_format, int8.uses_gpu) == (
         "int8", "float32", ("onnx",), "onnx", False)
-    assert (int8.max_probability_change, int8.min_attention_spearman) == (0.02, 0.98)
+    assert (int8.max_probability_change, int8.min_attention_spearman, int8.attention_min_instances) == (
+        0.02, 0.98, 20)
     assert (cpu.max_probability_change, cpu.min_attention_spearman) == (0.02, 0.98)  # defaults
 
 
@@ -94,6 +95,7 @@ def test_profile_from_a_path(tmp_path):
         ("precision = 'int8'\n", "key 'formats' holds 'torchscript'; precision int8 is an ONNX export"),
         ("[accuracy]\nmax_probability_change = 2\n", "key 'accuracy.max_probability_change' must be between 0 and 1"),
         ("[accuracy]\nspearman = 0.9\n", "key 'accuracy.spearman' is unknown"),
+        ("[accuracy]\nattention_min_instances = 2\n", "key 'accuracy.attention_min_instances' must be >= 3"),
         (
             "formats = ['onnx']\n[triton]\nbackend = 'pytorch'\n",
             "serves torchscript, which is not in formats",
