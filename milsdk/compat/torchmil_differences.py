@@ -29,24 +29,8 @@ _STRICT_ARGS = (
     "milsdk's schedulers take no *args / **kwargs: torchmil ignores unknown arguments silently, milsdk rejects "
     "them so that a misspelt option is an error"
 )
-_MODEL_FILE = (
-    "milsdk keeps blocks out of model files (models never define nn blocks); the block lives in milsdk.nn "
-    "(see the reason's target) and the model-file re-export awaits the model owner"
-)
 
 ABSENT: dict[str, str] = {
-    "milsdk.models.camil.CAMILSelfAttention": (
-        "milsdk's CAMIL attends with milsdk.nn.attention.NeighbourAttention, the paper's softmax over each node's "
-        "neighbours on the edge list; torchmil's block softmaxes summed neighbour scores over the whole bag (an "
-        "N x N product), another operator, so the name is not given to it (see from_torchmil.NOT_CONVERTIBLE)"
-    ),
-    "milsdk.models.camil.CAMILAttentionPool": _MODEL_FILE + ": CAMIL pools with milsdk.nn.attention.AttentionPool "
-    "(attention_logits of T, weights applied to M: the same computation)",
-    "milsdk.models.setmil.T2TLayer": (
-        "torchmil's SETMIL variant (unfold a (B, in_dim, h, w) map, then a transformer) runs inside milsdk's PMF on "
-        "each bag's occupied cells (padding-invariant); milsdk.nn.transformers.T2TLayer is the other torchmil "
-        "T2TLayer (transformer, then unfold), so re-exporting it here would change the behaviour"
-    ),
 }
 
 SIGNATURE: dict[str, str] = {
@@ -142,6 +126,19 @@ BEHAVIOUR: dict[str, str] = {
     ),
     "milsdk.utils.graph_utils.build_adj": (
         "edge weights are float32 (torchmil: float64), the dtype models compute in"
+    ),
+    "milsdk.models.camil.CAMILSelfAttention": (
+        "with a mask, the softmax runs over the real instances only (padding-invariant); torchmil zeroes the "
+        "padded pairs' scores but keeps the padded instances in the softmax, so its real outputs change with "
+        "padding. The same function for a bag alone"
+    ),
+    "milsdk.models.dtfdmil.DTFDMIL": (
+        "the eval forward is deterministic: each bag's pseudo-bags are runs of its real instances in the given "
+        "order, where torchmil np.random.shuffles the instances on every forward (eval mode too), so its pseudo-bag "
+        "logits ('afs': its logits too) are random; and 'maxmin' / 'max' distil one instance per pseudo-bag (the "
+        "paper's code), torchmil every instance. The options pseudo_bag_split='array_split' and "
+        "distill_instances='all' (set by from_torchmil) reproduce torchmil for a given grouping: the bag fed in the "
+        "order torchmil draws"
     ),
 }
 

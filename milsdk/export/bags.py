@@ -30,7 +30,9 @@ def random_bag(n: int, feature_dim: int, inputs: Sequence[str], rng: np.random.G
     if COORDS in inputs or EDGE_INDEX in inputs:
         side = int(np.ceil(np.sqrt(n))) + 1
         cells = rng.permutation(side * side)[:n]
-        offset = rng.integers(0, 100, size=2)
+        # a few cells off the origin, so that no model may assume coords start at 0; small, because a model whose
+        # cost is the coords' grid area (SETMIL with grid="all_cells") pays for every empty cell
+        offset = rng.integers(1, 9, size=2)
         coords = (np.stack([cells // side, cells % side], axis=1) + offset).astype(np.float32)
         if COORDS in inputs:
             bag[COORDS] = coords

@@ -18,7 +18,7 @@ from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.adjacency import resolve_edges
 from milsdk.nn.gnns import ChebConv
-from milsdk.nn.gnns.chebconv import laplacian_lambda_max
+from milsdk.nn.gnns.chebconv import TERM_LAYOUTS, laplacian_lambda_max
 from milsdk.nn.linear import LazyLinear
 from milsdk.nn.masked import masked_softmax
 
@@ -51,10 +51,15 @@ class DeepGraphSurv(MILModel):
 
     - ``in_shape=None`` works (lazy layers) when ``hidden_dim`` is given; without both, a clear
       ``ModelConfigError`` (the reference crashes building its layers, defect 8.4);
-    - the Chebyshev terms are laid out per node (the reference's ``view`` mixes nodes, so a bag's output
-      depended on its padding) and ``compute_lambda_max`` estimates the Laplacian's largest eigenvalue by
-      power iteration on the edge list, once per bag for all layers (the reference: a dense eigen-solver of
-      A per layer); see :class:`~milsdk.nn.gnns.ChebConv`;
+    - the Chebyshev terms are laid out per node: the reference reshapes each layer's (K, N, C) stack of terms
+      with ``view(N, K * C)``, so row i holds the terms at slots ``i * K .. i * K + K - 1`` of the flattened
+      stack (term ``s // N``, node ``s % N``): other nodes' terms, and a bag's output depended on its size and
+      padding. ``term_layout="torchmil"`` computes the reference's rows, per bag over its real instances
+      (real instances first, trailing padding, as collate and MILClient give; still padding-invariant), so
+      that torchmil-trained weights give torchmil's outputs (``milsdk.models.from_torchmil`` sets it);
+    - ``compute_lambda_max`` estimates the Laplacian's largest eigenvalue by power iteration on the edge list,
+      once per bag for all layers (the reference: a dense eigen-solver of A per layer, a different quantity);
+      see :class:`~milsdk.nn.gnns.ChebConv`;
     - ``adj`` may be dense, sparse or replaced by ``edge_index`` / ``edge_weight``, with the same outputs;
       edges touching padding are dropped;
     - the survival head and loss (the paper's task; the reference only classifies), ``n_classes`` outputs,
@@ -73,6 +78,8 @@ class DeepGraphSurv(MILModel):
         dropout: dropout after every Chebyshev layer.
         K: number of Chebyshev terms.
         compute_lambda_max: estimate each bag's largest Laplacian eigenvalue (else 2.0, the reference's default).
+        term_layout: ``"per_node"`` (each instance's own K Chebyshev terms) or ``"torchmil"`` (torchmil 1.0.2's
+            layout, see above).
         feat_ext: instance feature extractor applied to X (default identity).
         criterion: loss: ``CoxPHLoss()`` for survival; default BCEWithLogitsLoss for one output,
             CrossEntropyLoss for n_classes > 1.
@@ -98,8 +105,11 @@ class DeepGraphSurv(MILModel):
         feat_ext: torch.nn.Module | None = None,
         criterion: torch.nn.Module | None = None,
         n_classes: int = 1,
+        term_layout: str = "per_node",
     ) -> None:
         super().__init__()
+        if term_layout not in TERM_LAYOUTS:
+            raise ModelConfigError(f"DeepGraphSurv: term_layout must be one of {TERM_LAYOUTS}, got {term_layout!r}")
         if n_layers_rep < 0 or n_layers_att < 0:
             raise ModelConfigError(
                 f"DeepGraphSurv: n_layers_rep and n_layers_att must be >= 0, got {n_layers_rep}, {n_layers_att}"
@@ -122,11 +132,13 @@ class DeepGraphSurv(MILModel):
         self.dropout_prob = dropout
         self.compute_lambda_max = compute_lambda_max
         self.layers_rep = torch.nn.ModuleList(
-            ChebConv(feat_dim if i == 0 else hidden_dim, hidden_dim, K=K, compute_lambda_max=compute_lambda_max)
+            ChebConv(feat_dim if i == 0 else hidden_dim, hidden_dim, K=K, compute_lambda_max=compute_lambda_max,
+                     term_layout=term_layout)
             for i in range(n_layers_rep)
         )
         self.layers_att = torch.nn.ModuleList(
-            ChebConv(feat_dim if i == 0 else att_dim, att_dim, K=K, compute_lambda_max=compute_lambda_max)
+            ChebConv(feat_dim if i == 0 else att_dim, att_dim, K=K, compute_lambda_max=compute_lambda_max,
+                     term_layout=term_layout)
             for i in range(n_layers_att)
         )
         self.proj1d = LazyLinear(att_dim if n_layers_att > 0 else feat_dim, 1)

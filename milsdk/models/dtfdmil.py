@@ -21,21 +21,32 @@ from milsdk.nn.masked import as_bool_mask, masked_softmax
 __all__ = ["DTFDMIL", "pseudo_bag_groups"]
 
 DISTILL_MODES = ("maxmin", "max", "afs")
+PSEUDO_BAG_SPLITS = ("proportional", "array_split")
+DISTILL_INSTANCES = ("one", "all")
 
 
-def pseudo_bag_groups(keep: torch.Tensor, n_groups: int, shuffle: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_bag_groups(
+    keep: torch.Tensor, n_groups: int, shuffle: bool, split: str = "proportional"
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Assign every real instance of each bag to one of its pseudo-bags.
 
-    A bag with :math:`n` real instances gets :math:`G = \min(\text{n\_groups}, n)` pseudo-bags; the real
-    instance of rank :math:`r` (its position among the bag's real instances, or a uniformly random rank with
-    ``shuffle``) goes to pseudo-bag :math:`\lfloor r G / n \rfloor`, so the sizes differ by at most one.
+    A bag with :math:`n` real instances gets :math:`G = \min(\text{n\_groups}, n)` pseudo-bags, each a run of
+    consecutive ranks (a real instance's rank is its position among the bag's real instances, or a uniformly
+    random rank with ``shuffle``); ``split`` sets the runs' lengths, which differ by at most one:
+
+    - ``"proportional"``: rank :math:`r` goes to pseudo-bag :math:`\lfloor r G / n \rfloor`;
+    - ``"array_split"``: ``numpy.array_split``'s sizes (torchmil's): with :math:`q = \lfloor n / G \rfloor`,
+      the first :math:`n \bmod G` pseudo-bags get :math:`q + 1` ranks, the others :math:`q`.
+
     Without ``shuffle`` the split depends only on the bag's real instances in their order (padding-invariant
     and deterministic); with it the ranks come from ``torch.rand`` (reproducible under ``torch.manual_seed``).
+    Sizes are tensors (per-bag counts), so the split exports with a dynamic bag size.
 
     Args:
         keep: (B, N) bool, True = real instance.
         n_groups: maximum number of pseudo-bags per bag.
         shuffle: random ranks instead of the instances' order.
+        split: ``"proportional"`` or ``"array_split"``.
 
     Returns:
         member: (B, n_groups, N) bool, instance i is in pseudo-bag g; group_valid: (B, n_groups) bool,
@@ -50,7 +61,18 @@ def pseudo_bag_groups(keep: torch.Tensor, n_groups: int, shuffle: bool) -> tuple
     else:
         rank = real.cumsum(dim=1) - 1
     groups_per_bag = n_real.clamp_max(n_groups)  # (B, 1)
-    group = torch.div(rank * groups_per_bag, n_real.clamp_min(1), rounding_mode="floor")  # (B, N)
+    if split == "array_split":
+        # G <= n, so q >= 1 for every non-empty bag; the clamps only keep an empty bag's divisions defined.
+        q = torch.div(n_real, groups_per_bag.clamp_min(1), rounding_mode="floor")  # (B, 1)
+        larger = n_real - q * groups_per_bag  # (B, 1) pseudo-bags of q + 1 ranks
+        boundary = larger * (q + 1)  # (B, 1) first rank of the pseudo-bags of q ranks
+        group = torch.where(
+            rank < boundary,
+            torch.div(rank, q + 1, rounding_mode="floor"),
+            larger + torch.div(rank - boundary, q.clamp_min(1), rounding_mode="floor"),
+        )  # (B, N)
+    else:
+        group = torch.div(rank * groups_per_bag, n_real.clamp_min(1), rounding_mode="floor")  # (B, N)
     g = torch.arange(n_groups, device=keep.device).reshape(1, n_groups, 1)
     member = (group.unsqueeze(1) == g) & keep.unsqueeze(1)
     group_valid = g.squeeze(-1) < groups_per_bag
@@ -72,16 +94,33 @@ class DTFDMIL(MILModel):
     Distillation, one feature set per pseudo-bag: ``'maxmin'`` the instances of highest and lowest score in
     :math:`P_g`, ``'max'`` the highest, ``'afs'`` :math:`z_g`. The score is the CAM of the pseudo-bag's
     class (:math:`s_i` for one output; the column :math:`\arg\max_c \hat Y_{gc}` for C > 1), the reference's
-    CAM (the paper's Grad-CAM scales it by :math:`a_i`). One instance each, as in the paper's code (the
-    reference keeps every instance of the pseudo-bag, sorted). Tier 2 pools the distilled features of the
-    bag's existing pseudo-bags with a second attention pool and classifies them:
-    :math:`\hat Y = W_2 \operatorname{AttPool}_2(\{d_g\}) + b_2`.
+    CAM (the paper's Grad-CAM scales it by :math:`a_i`). One instance each, as in the paper's code
+    (``distill_instances="one"``). Tier 2 pools the distilled features of the bag's existing pseudo-bags with a
+    second attention pool and classifies them: :math:`\hat Y = W_2 \operatorname{AttPool}_2(\{d_g\}) + b_2`.
 
     Splits: in training, each bag's real instances are ranked at random (``torch.rand``; the reference
     shuffles with numpy, which ``torch.manual_seed`` does not reproduce); in eval mode they keep their order,
     so pseudo-bag g holds a contiguous chunk of the bag's real instances: deterministic, and the same alone
     or padded in a batch. Padded instances are never in a pseudo-bag (the reference chunks the padded
     axis, and crashes in 'maxmin' / 'max' when mask is None).
+
+    torchmil 1.0.2 (what :func:`milsdk.models.from_torchmil` reproduces): on every forward, eval mode too, it
+    draws one ``np.random.shuffle`` of ``np.arange(N)`` from numpy's global RNG and cuts the shuffled order
+    with ``np.array_split`` into :math:`\min(\text{n\_groups}, N)` pseudo-bags, so its outputs (the logits
+    in 'afs', the pseudo-bag logits in every mode) are random; and its 'maxmin' / 'max' keep every instance
+    of each pseudo-bag (``sort_idx[:, :chunk_size]``), so tier 2 pools all the bag's instances (each twice in
+    'maxmin', the same softmax-weighted mean). milsdk's eval forward stays deterministic; two options give
+    torchmil's function for a given grouping (default off: milsdk's behaviour above):
+
+    - ``pseudo_bag_split="array_split"``: pseudo-bag sizes as ``np.array_split``'s (the first
+      :math:`n \bmod G` get one instance more) instead of ``"proportional"``'s; with the bag's instances fed
+      in torchmil's shuffled order, milsdk's pseudo-bags are torchmil's;
+    - ``distill_instances="all"``: 'maxmin' / 'max' distil every real instance of each pseudo-bag, so tier 2
+      pools the bag's real instances (no effect in 'afs', which distils :math:`z_g`).
+
+    On a bag alone the two then agree (``tests/models/test_from_torchmil.py``). torchmil is not
+    padding-invariant (its pseudo-bags chunk the padded axis: tier 2 pools padding in 'maxmin' / 'max', and
+    an all-padding pseudo-bag gives NaN logits in 'afs'); milsdk with the options still is.
 
     Attention (``return_att``): the tier-1 instance CAM as logits (``attention_output = "logits"``; the
     deployment softmax over the bag's real instances makes it a distribution): :math:`s_i` for one output,
@@ -100,9 +139,13 @@ class DTFDMIL(MILModel):
         feat_ext: instance feature extractor applied to X (default identity).
         criterion: loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
+        pseudo_bag_split: pseudo-bag sizes, ``"proportional"`` (default) or ``"array_split"`` (torchmil's;
+            see :func:`pseudo_bag_groups`).
+        distill_instances: in 'maxmin' / 'max', ``"one"`` (default: the highest / lowest CAM instance of each
+            pseudo-bag) or ``"all"`` (torchmil's: every instance of the pseudo-bag).
     """
 
-    __constants__ = ["attention_output", "distill_mode", "n_groups"]
+    __constants__ = ["attention_output", "distill_instances", "distill_mode", "n_groups", "pseudo_bag_split"]
     test_config = {"att_dim": 8, "n_groups": 3}
 
     def __init__(
@@ -114,17 +157,22 @@ class DTFDMIL(MILModel):
         feat_ext: torch.nn.Module | None = None,
         criterion: torch.nn.Module | None = None,
         n_classes: int = 1,
+        pseudo_bag_split: str = "proportional",
+        distill_instances: str = "one",
     ) -> None:
         super().__init__()
-        if distill_mode not in DISTILL_MODES:
-            raise ModelConfigError(
-                f"DTFDMIL: distill_mode must be one of {DISTILL_MODES}, got {distill_mode!r}"
-            )
+        for name, value, allowed in (("distill_mode", distill_mode, DISTILL_MODES),
+                                     ("pseudo_bag_split", pseudo_bag_split, PSEUDO_BAG_SPLITS),
+                                     ("distill_instances", distill_instances, DISTILL_INSTANCES)):
+            if value not in allowed:
+                raise ModelConfigError(f"DTFDMIL: {name} must be one of {allowed}, got {value!r}")
         if n_groups < 1:
             raise ModelConfigError(f"DTFDMIL: n_groups must be >= 1, got {n_groups}")
         feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
         self.n_groups = int(n_groups)
         self.distill_mode = distill_mode
+        self.pseudo_bag_split = pseudo_bag_split
+        self.distill_instances = distill_instances
         self.attention_pool = AttentionPool(in_dim=feat_dim, att_dim=att_dim)
         self.classifier = LazyLinear(feat_dim, n_classes)
         self.u_attention_pool = AttentionPool(in_dim=feat_dim, att_dim=att_dim)
@@ -136,7 +184,7 @@ class DTFDMIL(MILModel):
         """bag logits (B, C), pseudo-bag logits (B, n_groups, C) (0 where missing), CAM (B, N, C)."""
         H = self.feat_ext(X)  # (B, N, D)
         keep = as_bool_mask(mask, H)
-        member, group_valid = pseudo_bag_groups(keep, self.n_groups, self.training)
+        member, group_valid = pseudo_bag_groups(keep, self.n_groups, self.training, self.pseudo_bag_split)
         N, D = H.shape[1], H.shape[2]
 
         # Tier 1: the attention logits depend on h_i only, so one pass serves every pseudo-bag.
@@ -149,6 +197,11 @@ class DTFDMIL(MILModel):
         if self.distill_mode == "afs":
             distilled = z
             tier2_mask = group_valid
+        elif self.distill_instances == "all":
+            # Every instance of every pseudo-bag is the bag's real instances; torchmil's 'maxmin' takes each
+            # twice, which leaves the softmax-weighted mean unchanged.
+            distilled = H
+            tier2_mask = keep
         else:
             group_class = pseudo_logits.argmax(dim=-1)  # (B, G); 0 for one output
             score = cam.transpose(1, 2).gather(1, group_class.unsqueeze(-1).expand(-1, -1, N))  # (B, G, N)

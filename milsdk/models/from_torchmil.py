@@ -7,7 +7,11 @@ Each model that can be converted has a :class:`_Spec` below: key renames and, wh
 parameterises a block differently (Sm's smoothing strength), the rewrite of the constructor arguments and weights
 that makes the milsdk model compute what torchmil computes; where milsdk's architecture differs on purpose, the
 milsdk option that computes torchmil's function (TransMIL: ``embed="linear_or_identity"``,
-``landmarks="torchmil"``; GTP: ``mlp_activation="relu"``). ``NOT_CONVERTIBLE`` lists the other models both
+``landmarks="torchmil"``; GTP: ``mlp_activation="relu"``; CAMIL: ``local_attention="torchmil"``,
+``landmarks="torchmil"``; DTFDMIL: ``pseudo_bag_split="array_split"``,
+``distill_instances="all"``, for a given grouping: torchmil's eval forward shuffles the instances at random, milsdk's
+keeps their order; DeepGraphSurv:
+``term_layout="torchmil"``; SETMIL: ``grid="all_cells"``). ``NOT_CONVERTIBLE`` lists the other models both
 libraries have, with the reason. Loading is strict: every torchmil tensor is used (but those of modules torchmil
 builds and never calls, e.g. a Layer's norm2 without its MLP), every milsdk tensor is filled (identity weights
 where torchmil's block is an identity), shapes must agree, and any mismatch is one line naming the key.
@@ -48,6 +52,8 @@ class _Spec:
             config; dropped only when the milsdk model has no place for them.
         fill: ``fill(milsdk_key, like) -> tensor`` for milsdk weights that torchmil does not have because its
             block is an identity there (None: not such a key).
+        in_size: ``in_size(config, tensors) -> int | None``: the instance feature size from the adapted config
+            and the renamed tensors, where no weight's last axis is it (tried before ``in_key``).
     """
 
     renames: tuple[tuple[str, str], ...] = ()
@@ -56,6 +62,7 @@ class _Spec:
         | None = None
     unused: str | None = None
     fill: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None
+    in_size: Callable[[dict[str, Any], Mapping[str, torch.Tensor]], int | None] | None = None
 
 
 def _sm_adapter(*modes: tuple[str, str, str]):
@@ -105,11 +112,26 @@ def _transmil_adapt(config: dict[str, Any]):
 
 def _identity_out_proj(key: str, like: torch.Tensor) -> torch.Tensor | None:
     """milsdk's learned Nystrom attention always has an out_proj; torchmil's is an identity at att_dim."""
-    if re.fullmatch(r"layers\.\d+\.att\.out_proj\.weight", key):
+    if re.fullmatch(r"(layers\.\d+|nystrom_transformer_layer)\.att\.out_proj\.weight", key):
         return torch.eye(like.shape[0], like.shape[1], dtype=like.dtype)
-    if re.fullmatch(r"layers\.\d+\.att\.out_proj\.bias", key):
+    if re.fullmatch(r"(layers\.\d+|nystrom_transformer_layer)\.att\.out_proj\.bias", key):
         return torch.zeros_like(like)
     return None
+
+
+def _camil_adapt(config: dict[str, Any]):
+    """torchmil's CAMIL: its CAMILSelfAttention and Nystrom landmarks. torchmil's default n_landmarks=None
+    crashes in its forward, so a trained model had a number: it must be given (milsdk's None means
+    another number)."""
+    for option in ("local_attention", "landmarks"):
+        if config.get(option, "torchmil") != "torchmil":
+            raise ModelConfigError(
+                f"torchmil CAMIL converts with {option}='torchmil', not {config[option]!r}"
+            )
+    if config.get("n_landmarks") is None:
+        raise ModelConfigError("torchmil CAMIL: pass the n_landmarks the model was built with (torchmil's "
+                               "default None crashes in its forward, so a trained model has a number)")
+    return {**config, "local_attention": "torchmil", "landmarks": "torchmil"}, None
 
 
 def _gtp_adapt(config: dict[str, Any]):
@@ -117,6 +139,53 @@ def _gtp_adapt(config: dict[str, Any]):
     if config.get("mlp_activation", "relu") != "relu":
         raise ModelConfigError(f"torchmil GTP converts with mlp_activation='relu', not {config['mlp_activation']!r}")
     return {**config, "mlp_activation": "relu"}, None
+
+
+def _setmil_adapt(config: dict[str, Any]):
+    """torchmil's SETMIL runs over every cell of each bag's coords grid: milsdk's grid="all_cells"."""
+    if config.get("grid", "all_cells") != "all_cells":
+        raise ModelConfigError(f"torchmil SETMIL converts with grid='all_cells', not {config['grid']!r}")
+    return {**config, "grid": "all_cells"}, None
+
+
+def _dtfdmil_adapt(config: dict[str, Any]):
+    """torchmil's DTFDMIL: np.array_split's pseudo-bag sizes, every instance of a pseudo-bag distilled. torchmil
+    shuffles the instances before splitting (np.random, eval mode too); milsdk keeps the order it is given."""
+    for option, value in (("pseudo_bag_split", "array_split"), ("distill_instances", "all")):
+        if config.get(option, value) != value:
+            raise ModelConfigError(f"torchmil DTFDMIL converts with {option}={value!r}, not {config[option]!r}")
+    return {**config, "pseudo_bag_split": "array_split", "distill_instances": "all"}, None
+
+
+def _deepgraphsurv_adapt(config: dict[str, Any]):
+    """torchmil's ChebConv layout of the Chebyshev terms (a view of the (K, N, C) stack, see milsdk's ChebConv).
+    torchmil's compute_lambda_max=True divides by the largest eigenvalue of A (a dense eigen-solver), milsdk's by
+    that of the Laplacian D - A: only the default (2.0 in both) converts. torchmil's degrees are column sums,
+    milsdk's row sums: the same for the symmetric adjacencies torchmil's datasets build."""
+    if config.get("term_layout", "torchmil") != "torchmil":
+        raise ModelConfigError(f"torchmil DeepGraphSurv converts with term_layout='torchmil', not "
+                               f"{config['term_layout']!r}")
+    if config.get("compute_lambda_max", False):
+        raise ModelConfigError("torchmil DeepGraphSurv converts only with compute_lambda_max=False: torchmil's True "
+                               "scales by the largest eigenvalue of A (a dense eigen-solver per layer), milsdk's by "
+                               "the Laplacian's (D - A), another normalisation")
+    return {**config, "term_layout": "torchmil"}, None
+
+
+def _deepgraphsurv_in_size(config: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> int | None:
+    """A first Chebyshev layer reads K * D inputs; a branch without layers (proj1d / classifier) reads D."""
+    K = int(config.get("K", 5))
+    for key in ("layers_rep.0.fc.weight", "layers_att.0.fc.weight"):
+        if key in tensors:
+            width = int(tensors[key].shape[-1])
+            if width % K:
+                raise CheckpointError(f"torchmil DeepGraphSurv: key {key!r} has {width} inputs, not a multiple of "
+                                      f"K={K} (pass the K the model was built with: --set K=...)")
+            return width // K
+    for key in ("proj1d.weight", "classifier.weight"):
+        if key in tensors:
+            return int(tensors[key].shape[-1])
+    return None
 
 
 _SPECS: dict[str, _Spec] = {
@@ -140,8 +209,18 @@ _SPECS: dict[str, _Spec] = {
         unused=r"layers\.\d+\.norm2\.(weight|bias)",  # torchmil's Layer builds norm2 also without the MLP
         fill=_identity_out_proj),
     "ABMIL": _Spec(in_key="pool.fc1.weight"),
+    # torchmil's Nystrom layer has an identity out_proj (filled) and a norm2 also without the MLP.
+    "CAMIL": _Spec(
+        renames=((r"^nystrom_transformer_layer\.att_module\.qkv_nn\.", "nystrom_transformer_layer.att.qkv."),
+                 (r"^nystrom_transformer_layer\.mlp_module\.", "nystrom_transformer_layer.mlp."),
+                 (r"^camil_self_attention\.(qk|v)_nn\.", r"camil_self_attention.\1."),
+                 (r"^camil_att_pool\.", "pool.")),
+        in_key=("fc1.weight", "nystrom_transformer_layer.att.qkv.weight"), adapt=_camil_adapt,
+        unused=r"nystrom_transformer_layer\.norm2\.(weight|bias)", fill=_identity_out_proj),
     "CLAM_SB": _Spec(in_key="pool.fc1.weight"),
     "DSMIL": _Spec(in_key="q_nn.weight"),
+    "DeepGraphSurv": _Spec(adapt=_deepgraphsurv_adapt, in_size=_deepgraphsurv_in_size),
+    "DTFDMIL": _Spec(in_key="classifier.weight", adapt=_dtfdmil_adapt),
     "PatchGCN": _Spec(in_key="gcn_layers.0.conv.fc.weight"),
     "ProbSmoothABMIL": _Spec(in_key="pool.in_mlp.0.weight"),
     "SmoothABMIL": _Spec(in_key="pool.in_mlp.0.weight"),
@@ -152,25 +231,15 @@ _SPECS: dict[str, _Spec] = {
         ("transf_sm_mode", "transf_sm_alpha", r"transformer_encoder\.layers\.\d+\.att_module\.sm\.sm\.coef"))),
     "TransformerABMIL": _Spec(in_key="pool.fc1.weight"),
     "TransformerProbSmoothABMIL": _Spec(in_key="pool.in_mlp.0.weight"),
+    # the same keys (GridPMF's branches are torchmil's T2TLayers); pos_embed.inv_freq is a constant buffer in
+    # milsdk, and torchmil's Layer builds norm2 also without the MLP
+    "SETMIL": _Spec(in_key=("proj.weight", "cls_token"), adapt=_setmil_adapt,
+                    unused=r"pos_embed\.inv_freq|(pmf\.layers\.\d+\.transf_layer|se_transf\.layers\.\d+)\.norm2\."
+                           r"(weight|bias)"),
 }
 
 # Models of both libraries that cannot be converted to equal outputs, and why.
 NOT_CONVERTIBLE: dict[str, str] = {
-    "DTFDMIL": "torchmil shuffles the instances into pseudo-bags at random on every forward, in eval mode too "
-               "(np.random.shuffle), so its outputs are a random variable; milsdk splits each bag into fixed "
-               "contiguous pseudo-bags (deterministic deployment), and even unshuffled np.array_split's group sizes "
-               "differ from milsdk's; outputs agree only for bags of at most n_groups instances",
-    "SETMIL": "torchmil runs its transformer over every cell of the coords grid (empty cells included), milsdk "
-              "over the real instances only (padding-invariant); the logits differ even for one instance",
-    "CAMIL": "torchmil's CAMILSelfAttention sums each node's neighbour scores into one score per node and "
-             "softmaxes those over the whole bag (an N x N dense product), milsdk's neighbour attention is the "
-             "paper's softmax over each node's own neighbours on the edge list; the outputs differ for any graph "
-             "with edges (torchmil's default n_landmarks=None also crashes)",
-    "DeepGraphSurv": "torchmil's ChebConv lays its (K, N, C) stack of Chebyshev terms out with view(N, K * C), "
-                     "which puts terms of other nodes into each node's row (a defect: a node's output depends on "
-                     "the bag size and order), milsdk concatenates each node's own K terms; the keys map one to "
-                     "one but the outputs agree only for one-instance bags (measured: 0.08 to 0.19 on the "
-                     "logits of bags of 2 and 37 instances, K = 2 and 3)",
 }
 
 
@@ -284,6 +353,10 @@ def from_torchmil(source: str | os.PathLike | Mapping[str, Any] | torch.nn.Modul
         config, tensor_fn = spec.adapt(config)
     if tensor_fn is not None:
         mapped = {k: tensor_fn(k, v) for k, v in mapped.items()}
+    if config.get("in_shape") is None and spec.in_size is not None:
+        size = spec.in_size(config, mapped)
+        if size is not None:
+            config["in_shape"] = (size,)
     in_keys = (spec.in_key,) if isinstance(spec.in_key, str) else spec.in_key or ()
     found = [key for key in in_keys if key in mapped]
     if config.get("in_shape") is None and found:

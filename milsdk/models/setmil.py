@@ -13,15 +13,30 @@ from collections.abc import Sequence
 
 import torch
 
+from milsdk.errors import ModelConfigError
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.adjacency import scatter_add_rows
+from milsdk.nn.bag_grid import cells_to_grid, grid_sides, torchmil_grid_tokens
 from milsdk.nn.linear import LazyLinear
 from milsdk.nn.masked import as_bool_mask
 from milsdk.nn.positional_encoding import SinusoidalPositionalEncodingND
+from milsdk.nn.transformers.grid_t2t import GridPMF, T2TLayer, patch_grid
 from milsdk.nn.transformers.irpe_transformer import iRPETransformerEncoder, iRPETransformerLayer
 
-__all__ = ["PMF", "SETMIL"]
+__all__ = ["PMF", "SETMIL", "T2TLayer"]
+
+GRIDS = ("occupied_cells", "all_cells")
+ONNX_REFUSAL = (
+    "grid='all_cells' cannot be exported to ONNX: the grid's size depends on the coords' values (torch.export: "
+    "GuardOnDataDependentSymNode); export it to TorchScript (formats=('torchscript',), --format torchscript)"
+)
+
+
+@torch.jit.unused
+def _exporting() -> bool:
+    """True while torch.export / the dynamo ONNX exporter traces the model (never called by TorchScript)."""
+    return bool(torch.compiler.is_exporting())
 
 
 def _pairs(values: Sequence[Sequence[int]], name: str) -> list[tuple[int, int]]:
@@ -245,6 +260,26 @@ class SETMIL(MILModel):
     "weights"``). Memory is linear in N (query-chunked attention, also in the exported graph). Deterministic
     in eval mode (nothing is sampled).
 
+    ``grid="all_cells"`` computes torchmil's function instead (what :func:`milsdk.models.from_torchmil` sets),
+    per bag: the dense :math:`S \times S` grid of the bag's cells, :math:`S = 1 + \max` of its real
+    instances' coordinates (origin 0: coordinates are cell indices, >= 0; padded instances create no cells,
+    several instances in one cell are averaged where torchmil keeps one); without PMF the reference's
+    reshape of the (E, S, S) map to S^2 tokens (:func:`milsdk.nn.bag_grid.torchmil_grid_tokens`), with PMF
+    :class:`~milsdk.nn.transformers.grid_t2t.GridPMF` (unfold every cell, then a transformer over all
+    patches); then the class token, the 1-D encoding of the token index, and the transformer in the
+    reference's sequence layout (``layout="torchmil"`` of
+    :class:`~milsdk.nn.attention.iRPEMultiheadSelfAttention`). Attention: the class-token row (mean over
+    heads) at each instance's cell, the reference's without PMF. With PMF the reference returns zeros ("cannot
+    be computed"); here, when the pyramid keeps the grid (stride 1, padding = dilation (k - 1) / 2: patch i is
+    cell i), the same row at each instance's cell, so that the weights are a distribution and the export
+    verifies; zeros (the reference's) for any other pyramid, whose export then fails the verifier's
+    attention checks. A batch pads each bag's grid to the
+    largest and masks the rest, so a bag's outputs equal its own alone. Cost: :math:`S^2` tokens per bag
+    (the grid's area, not N: a bag of 5,000 instances on a 71 x 71 grid has 5,041 tokens, one far from the
+    origin many more), :math:`B S^2 E` floats per layer (times k^2 for a PMF branch) and query-chunked
+    attention (:math:`O(S^4)` time). Eager and TorchScript only: the grid's size depends on the coordinates'
+    values, so ONNX export is refused with a ModelConfigError.
+
     Args:
         in_shape: shape of one instance, e.g. (1024,).
         att_dim: token width of the PMF and the transformer.
@@ -257,11 +292,13 @@ class SETMIL(MILModel):
         feat_ext: instance feature extractor applied to X (default identity).
         criterion: loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
+        grid: "occupied_cells" (default: tokens are the instances) or "all_cells" (torchmil's dense grid, see
+            above).
     """
 
     extra_inputs = ("coords",)
     attention_output = "weights"
-    __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
+    __jit_unused_properties__ = ["config", "in_shape", "n_outputs", "onnx_unsupported"]
     test_config = {"att_dim": 16, "set_n_heads": 2}
 
     def __init__(
@@ -289,14 +326,20 @@ class SETMIL(MILModel):
         feat_ext: torch.nn.Module | None = None,
         criterion: torch.nn.Module | None = None,
         n_classes: int = 1,
+        *,
+        grid: str = "occupied_cells",
     ) -> None:
         super().__init__()
+        if grid not in GRIDS:
+            raise ModelConfigError(f"SETMIL: grid={grid!r}, expected one of {GRIDS}")
+        self.grid = grid
         feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
         self.att_dim = att_dim
         self.proj = LazyLinear(feat_dim, att_dim) if feat_dim != att_dim else torch.nn.Identity()
         self.pos_embed = SinusoidalPositionalEncodingND(1, att_dim)
+        pmf_class = GridPMF if grid == "all_cells" else PMF
         self.pmf = (
-            PMF(
+            pmf_class(
                 in_dim=att_dim,
                 out_dim=att_dim,
                 att_dim=att_dim,
@@ -311,6 +354,12 @@ class SETMIL(MILModel):
             if use_pmf
             else None
         )
+        # grid="all_cells": attention at the instances' cells unless a pyramid's patches are not the cells
+        self.att_on_cells = not isinstance(self.pmf, GridPMF) or self.pmf.keeps_grid
+        # the token count of torchmil's pyramid (its first branch's unfold), read in grid="all_cells"
+        self.pmf_geometry = (
+            self.pmf.geometry if isinstance(self.pmf, GridPMF) else ((1, 1), (1, 1), (0, 0), (1, 1))
+        )
         self.se_transf = iRPETransformerEncoder(
             in_dim=att_dim,
             att_dim=att_dim,
@@ -324,6 +373,7 @@ class SETMIL(MILModel):
             rpe_shared_head=rpe_shared_head,
             rpe_skip=rpe_skip,
             rpe_on=rpe_on,
+            layout="torchmil" if grid == "all_cells" else "positions",
         )
         self.cls_token = torch.nn.Parameter(torch.randn(1, 1, att_dim))
         self.classifier = torch.nn.Linear(att_dim, n_classes)
@@ -360,6 +410,8 @@ class SETMIL(MILModel):
         keep = as_bool_mask(mask, H)
         coords = coords.to(H.device)
         cells = torch.floor(coords).to(torch.long) if coords.is_floating_point() else coords.to(torch.long)
+        if self.grid == "all_cells":
+            return self._forward_all_cells(H, keep, cells, return_att)
         rel = shift_to_origin(cells, keep)
         if self.pmf is not None:
             H = self.pmf(H, keep, rel)
@@ -379,3 +431,52 @@ class SETMIL(MILModel):
             instance_att = att.mean(dim=1)[:, 1:] * keep.to(att.dtype)
             return logits, instance_att.to(logits.dtype)
         return logits
+
+    @property
+    def onnx_unsupported(self) -> str | None:
+        """Why this config has no ONNX export (None: it has one); read by :func:`milsdk.export.onnx.export_onnx`."""
+        if self.grid == "all_cells":
+            return ONNX_REFUSAL
+        return None
+
+    def _forward_all_cells(
+        self, H: torch.Tensor, keep: torch.Tensor, cells: torch.Tensor, return_att: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """torchmil's SETMIL over each bag's dense grid (``grid="all_cells"``; see the class docstring).
+
+        H (B, N, E) projected instances, keep (B, N) bool, cells (B, N, 2) long.
+        """
+        if not torch.jit.is_scripting():
+            if _exporting():  # export_onnx refuses first (onnx_unsupported); this covers torch.export itself
+                raise ModelConfigError(f"SETMIL: {ONNX_REFUSAL}")
+        if bool(((cells < 0) & keep.unsqueeze(-1)).any()):
+            raise ValueError("SETMIL grid='all_cells': coords must be >= 0 (they index torchmil's grid)")
+        B, N, E = H.shape[0], H.shape[1], H.shape[2]
+        device = H.device
+        cells = cells * keep.unsqueeze(-1).to(cells.dtype)
+        sides = grid_sides(cells, keep)  # (B,)
+        if self.pmf is not None:
+            tokens = self.pmf(H, keep, cells)  # a GridPMF in this mode
+            g = self.pmf_geometry
+            n_tokens = patch_grid(torch.stack([sides, sides], dim=1), g[0], g[1], g[2], g[3]).prod(dim=1)
+        else:
+            top = int(sides.max())
+            tokens = torchmil_grid_tokens(cells_to_grid(H, keep, cells, sides, top * top), sides)
+            n_tokens = sides * sides
+        L = tokens.shape[1] + 1
+        index = torch.arange(L, device=device)
+        pe = self.pos_embed.encode(index.reshape(1, L, 1)).to(tokens.dtype)
+        cls = self.cls_token.to(tokens.dtype).expand(B, 1, self.att_dim)
+        seq = torch.cat([cls, tokens], dim=1) + pe
+        seq_keep = index.unsqueeze(0) < (n_tokens + 1).unsqueeze(1)
+        pos = torch.zeros(B, L, 2, dtype=torch.long, device=device)  # unused in the torchmil layout
+        Y, att = self.se_transf.forward_pos(seq, seq_keep, pos)
+        logits = self.squeeze_binary(self.classifier(Y[:, 0]))
+        if not return_att:
+            return logits
+        if not self.att_on_cells:  # torchmil's zeros: a strided pyramid's patches are not the cells
+            return logits, torch.zeros(B, N, dtype=logits.dtype, device=device)
+        row = att.mean(dim=1)[:, 1:]  # (B, L - 1) over each bag's cells, its own row-major layout
+        slot = (cells[..., 0] * sides.unsqueeze(1) + cells[..., 1]).clamp(max=L - 2)
+        instance_att = row.gather(1, slot) * keep.to(row.dtype)
+        return logits, instance_att.to(logits.dtype)

@@ -103,9 +103,10 @@ def test_transmil_converts_with_set_options(tmp_path, monkeypatch):
         torch.testing.assert_close(load_checkpoint(tmp_path / "t.ckpt")(X), reference(X), atol=1e-5, rtol=0)
 
 
-def test_model_milsdk_cannot_convert_is_one_line_naming_why(reference, tmp_path, monkeypatch):
+def test_config_milsdk_cannot_convert_is_one_line_naming_why(reference, tmp_path, monkeypatch):
+    # torchmil's CAMIL default n_landmarks=None crashes in its forward: the trained model's value is required.
     torch.save(reference.state_dict(), tmp_path / "m.pth")
     result = _convert(["m.pth", "--model", "CAMIL", "--out", "m.ckpt"], tmp_path, monkeypatch)
     assert result.exit_code == 1 and not (tmp_path / "m.ckpt").exists()
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: torchmil CAMIL cannot be converted: torchmil's")
+    assert len(lines) == 1 and lines[0].startswith("Error: torchmil CAMIL: pass the n_landmarks the model")

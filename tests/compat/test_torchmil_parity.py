@@ -188,6 +188,32 @@ def test_ppeg_reference_interface_matches():
         assert torch.allclose(ref(x, 3, 5), ours(x, 3, 5), atol=1e-5)
 
 
+def test_camil_blocks_match_and_self_attention_differs_only_with_padding():
+    from milsdk.models.camil import CAMILAttentionPool as OursPool, CAMILSelfAttention as OursAtt
+    from torchmil.models.camil import CAMILAttentionPool as RefPool, CAMILSelfAttention as RefAtt
+
+    torch.manual_seed(0)
+    ref_att, ours_att = RefAtt(6, att_dim=4), OursAtt(6, att_dim=4)
+    ours_att.load_state_dict({k.replace("_nn", ""): v for k, v in ref_att.state_dict().items()})
+    ref_pool, ours_pool = RefPool(6, att_dim=5, gated=True), OursPool(6, att_dim=5, gated=True)
+    ours_pool.load_state_dict(ref_pool.state_dict())
+    X = torch.randn(2, 7, 6)
+    adj = torch.rand(2, 7, 7) * (torch.rand(2, 7, 7) < 0.5)
+    with torch.no_grad():
+        for a in (adj, adj.to_sparse()):
+            assert torch.allclose(ref_att(X, a), ours_att(X, a), atol=1e-6)
+        M = torch.randn(2, 7, 6)
+        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], dtype=torch.uint8)
+        for got, want in zip(ours_pool(X, M, mask, return_att=True), ref_pool(X, M, mask, return_att=True)):
+            assert torch.allclose(got, want, atol=1e-6)
+        # The listed difference: with padding, torchmil's real outputs change (padded instances stay in its
+        # softmax), milsdk's are those of the bag alone.
+        assert "milsdk.models.camil.CAMILSelfAttention" in BEHAVIOUR
+        alone = ref_att(X[1:, :4], adj[1:, :4, :4])
+        assert torch.allclose(ours_att(X, adj, mask)[1, :4], alone, atol=1e-6)
+        assert not torch.allclose(ref_att(X, adj, mask)[1, :4], alone, atol=1e-3)
+
+
 def test_shifted_mean_normal_pdf_matches():
     from milsdk.datasets.shifted_mean_mil_dataset import normal_pdf as ours
     from torchmil.datasets.shifted_mean_mil_dataset import normal_pdf as ref
@@ -312,6 +338,29 @@ def test_relprop_transformer_matches_but_for_the_listed_branch_merge():
     expected = layer.clone1.relprop((layer.in_proj.relprop(R_res), R_att))
     assert torch.allclose(Rm, expected.detach(), atol=1e-5)
     assert not torch.allclose(Rm, Rt.detach(), atol=1e-3)
+
+
+def test_dtfdmil_eval_is_deterministic_where_torchmils_is_random(monkeypatch):
+    """The listed difference: torchmil's eval forward reshuffles its pseudo-bags (numpy's global RNG) on every call,
+    milsdk's splits the bag as given; with torchmil's shuffle off, milsdk's torchmil options compute its function."""
+    import milsdk.models as mm
+    import torchmil.models as tmm
+
+    assert "milsdk.models.dtfdmil.DTFDMIL" in BEHAVIOUR
+    torch.manual_seed(0)
+    ref = tmm.DTFDMIL(in_shape=(4,), att_dim=8, n_groups=3, distill_mode="afs").eval()
+    ours = mm.DTFDMIL(in_shape=(4,), att_dim=8, n_groups=3, distill_mode="afs", pseudo_bag_split="array_split",
+                      distill_instances="all").eval()
+    ours.load_state_dict({k.replace(".module.", "."): v for k, v in ref.state_dict().items()})
+    X, mask = torch.randn(1, 10, 4), torch.ones(1, 10)
+    with torch.no_grad():
+        np.random.seed(0)
+        first = ref(X, mask)
+        np.random.seed(1)
+        assert (ref(X, mask) - first).abs().max() > 1e-4
+        assert torch.equal(ours(X, mask), ours(X, mask))
+        monkeypatch.setattr(np.random, "shuffle", lambda x: None)
+        assert torch.allclose(ours(X, mask), ref(X, mask), atol=1e-6)
 
 
 def test_irpe_bucket_helpers_match():

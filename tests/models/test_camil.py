@@ -1,6 +1,8 @@
 """What is special to CAMIL (the rest is the registry-driven contract suite): the mask reaches the Nyström
 layer, the neighbour attention uses only the graph's edges, the n_landmarks default works, dense adj = sparse
-adj = edge list after training, TorchScript and an ONNX edge-list export at other sizes."""
+adj = edge list after training, TorchScript and an ONNX edge-list export at other sizes; the torchmil options
+(local_attention / landmarks) stay padding-invariant and scriptable (their ONNX export is verified on a
+converted checkpoint in test_from_torchmil.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from milsdk.errors import ModelConfigError
 from milsdk.models import CAMIL, create_model
 from milsdk.nn.adjacency import edge_list_from_adj
 from milsdk.utils.graph import build_adj
@@ -153,3 +156,68 @@ def test_scripts_and_exports_an_edge_list_onnx_that_matches_at_other_sizes(tmp_p
     with torch.no_grad():
         want_logits, want_att = Wrapper(model)(X2, mask2, edge_index2, edge_weight2)
     assert np.abs(logits - want_logits.numpy()).max() <= 1e-4 and np.abs(att - want_att.numpy()).max() <= 1e-4
+
+
+TORCHMIL = {"local_attention": "torchmil", "landmarks": "torchmil"}
+
+
+@pytest.mark.parametrize("landmarks", ["segments", "torchmil"])
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_torchmil_local_attention_with_padding_and_garbage_changes_nothing(landmarks, n_classes):
+    torch.manual_seed(0)
+    model = CAMIL(in_shape=(6,), n_classes=n_classes, local_attention="torchmil", landmarks=landmarks,
+                  **SMALL).eval()
+    assert model.neighbour_attention is None and model.camil_self_attention is not None
+    assert not any(k.startswith("neighbour_attention.") for k in model.state_dict())
+    sizes = [20, 9, 1]
+    X, adj, mask, _, _ = grid_batch(sizes, 6, fill=50.0)
+    adj = adj + (~mask).float().unsqueeze(1)  # edges from every node to the padding: must be dropped
+    empty = torch.zeros(1, 4, dtype=torch.bool)  # an all-masked bag: finite, and it changes nothing else
+    with torch.no_grad():
+        logits, att = model(X, adj, mask.to(torch.uint8), return_att=True)
+        none, _ = model(X[:1, :4], adj[:1, :4, :4], empty, return_att=True)
+        for b, n in enumerate(sizes):
+            alone_logits, alone_att = model(X[b : b + 1, :n], adj[b : b + 1, :n, :n], return_att=True)
+            assert (logits[b] - alone_logits[0]).abs().max() <= 1e-5
+            assert (att[b, :n] - alone_att[0]).abs().max() <= 1e-5
+    assert torch.isfinite(none).all()
+
+
+def test_torchmil_local_attention_gates_each_instance_by_its_summed_edge_scores():
+    # L_i = softmax_i(w) v_i with w_i = sum_j a_ij q_i.k_j / sqrt(d): an isolated node keeps w = 0 but still
+    # takes part in the softmax; its L is its own value scaled, not 0 as in the neighbour attention.
+    torch.manual_seed(0)
+    model = CAMIL(in_shape=(6,), local_attention="torchmil", **SMALL).eval()
+    X = torch.randn(1, 5, 6)
+    edge_index = torch.tensor([[[0, 1, 2, 3], [1, 0, 3, 2]]])
+    with torch.no_grad():
+        T, _ = model.nystrom_transformer_layer.forward_att(model.fc1(X))
+        block = model.camil_self_attention
+        L, s = block(T, edge_index=edge_index, return_att=True)
+        q, k = block.qk(T).chunk(2, dim=-1)
+        w = torch.zeros(1, 5)
+        for i, j in edge_index[0].T.tolist():
+            w[0, i] += (q[0, i] @ k[0, j]) / SMALL["nystrom_att_dim"] ** 0.5
+    torch.testing.assert_close(s, torch.softmax(w, dim=1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(L, torch.softmax(w, dim=1).unsqueeze(-1) * block.v(T), atol=1e-6, rtol=0)
+    assert bool((L[0, 4] != 0).any())
+
+
+def test_unknown_options_are_refused_in_one_line():
+    with pytest.raises(ModelConfigError, match="CAMIL: local_attention='dense', expected one of"):
+        CAMIL(in_shape=(6,), local_attention="dense", **SMALL)
+    with pytest.raises(ModelConfigError, match="CAMIL: landmarks='means', expected one of"):
+        CAMIL(in_shape=(6,), landmarks="means", **SMALL)
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_torchmil_options_script_and_match_eager_on_an_edge_list_batch():
+    # ONNX export + verification of these options: test_from_torchmil's converted-checkpoint export test.
+    torch.manual_seed(0)
+    model = CAMIL(in_shape=(6,), **TORCHMIL, **SMALL).eval()
+    X, adj, mask, edge_index, edge_weight = grid_batch([16, 11, 1], 6)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        want = model(X, adj, mask, return_att=True)
+        got = scripted(X, mask=mask, return_att=True, edge_index=edge_index, edge_weight=edge_weight)
+    assert (got[0] - want[0]).abs().max() <= 1e-5 and (got[1] - want[1]).abs().max() <= 1e-5

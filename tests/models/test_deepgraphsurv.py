@@ -1,7 +1,8 @@
 """What is special to DeepGraphSurv (the rest is the registry-driven contract suite): the survival head (Cox loss
 lowers on a toy task and ranks bags by risk; the Trainer runs with (B, 2) [time, event] targets and the
 C-index), the fixed in_shape=None default, dense adj = edge list after training at unseen sizes (with and
-without the power-iteration lambda_max), padding, and an ONNX edge-list export with lambda_max."""
+without the power-iteration lambda_max), padding (also with torchmil's term layout), and an ONNX edge-list export
+with lambda_max."""
 
 from __future__ import annotations
 
@@ -100,6 +101,33 @@ def test_dense_sparse_and_edge_list_agree_after_training_at_unseen_sizes(n_class
                 assert torch.allclose(a, b, atol=1e-5)
         alone = model(X[2:, :31], adj[2:, :31, :31], return_att=True)
     assert torch.allclose(alone[0], want[0][2:], atol=1e-5) and torch.allclose(alone[1], want[1][2:], atol=1e-5)
+
+
+def test_torchmil_term_layout_is_per_bag_padding_invariant_and_finite_on_an_all_masked_row():
+    """term_layout="torchmil" (torchmil's view of the Chebyshev stack, for converted weights) uses each bag's own
+    instance count: a bag padded in a batch gives its outputs alone, also through TorchScript."""
+    assert DeepGraphSurv((6,), **SMALL).config["term_layout"] == "per_node"
+    with pytest.raises(ModelConfigError, match="term_layout must be one of .*got 'view'"):
+        DeepGraphSurv((6,), term_layout="view", **SMALL)
+    torch.manual_seed(0)
+    model = DeepGraphSurv((6,), term_layout="torchmil", n_layers_rep=2, **SMALL).eval()
+    per_node = DeepGraphSurv((6,), n_layers_rep=2, **SMALL).eval()
+    per_node.load_state_dict(model.state_dict())
+    X, adj, mask = grid_batch([23, 1, 31, 4], 6, seed=3, fill=3.0)
+    mask[3] = False  # an all-masked row
+    edge_index, edge_weight = edge_list_from_adj(adj)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        outputs = [model(X, adj, mask, return_att=True),
+                   scripted(X, mask=mask, return_att=True, edge_index=edge_index, edge_weight=edge_weight)]
+        for b, n in enumerate([23, 1, 31]):
+            alone = model(X[b : b + 1, :n], adj[b : b + 1, :n, :n], return_att=True)
+            for logits, f in outputs:
+                assert torch.allclose(logits[b], alone[0][0], atol=1e-5)
+                assert torch.allclose(f[b, :n], alone[1][0], atol=1e-5)
+        assert all(torch.isfinite(t).all() for out in outputs for t in out)
+        # the layouts differ once a bag has two instances
+        assert (model(X, adj, mask) - per_node(X, adj, mask))[[0, 2]].abs().min() > 1e-4
 
 
 def test_cox_loss_lowers_on_a_toy_task_and_ranks_bags_by_risk():

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -6,6 +7,8 @@ from milsdk.models import DTFDMIL, create_model
 from milsdk.models.dtfdmil import pseudo_bag_groups
 
 MODES = ["maxmin", "max", "afs"]
+TORCHMIL = {"pseudo_bag_split": "array_split", "distill_instances": "all"}  # what the torchmil conversion sets
+OPTIONS = [{}, TORCHMIL]
 
 
 def _batch(bags, pad_value=0.0):
@@ -19,9 +22,13 @@ def _batch(bags, pad_value=0.0):
 
 
 def _by_hand(model, bag):
-    """Eval-mode DTFD-MIL on one bag of real instances, one pseudo-bag at a time (plain loops, no masks)."""
+    """Eval-mode DTFD-MIL on one bag of real instances, one pseudo-bag at a time (plain loops, no masks);
+    with the torchmil options as torchmil computes it: np.array_split, every instance distilled (twice in maxmin)."""
     n, G = bag.shape[0], min(model.n_groups, bag.shape[0])
-    chunks = [bag[[r for r in range(n) if r * G // n == g]] for g in range(G)]
+    if model.pseudo_bag_split == "array_split":
+        chunks = [bag[torch.as_tensor(c)] for c in np.array_split(np.arange(n), G)]
+    else:
+        chunks = [bag[[r for r in range(n) if r * G // n == g]] for g in range(G)]
     W = model.classifier.weight  # (C, D)
     distilled = []
     for chunk in chunks:
@@ -30,6 +37,8 @@ def _by_hand(model, bag):
         score = chunk @ W[pseudo.argmax()]  # CAM of the pseudo-bag's class
         if model.distill_mode == "afs":
             distilled.append(z.unsqueeze(0))
+        elif model.distill_instances == "all":
+            distilled.append(torch.cat([chunk, chunk]) if model.distill_mode == "maxmin" else chunk)
         elif model.distill_mode == "max":
             distilled.append(chunk[score.argmax()].unsqueeze(0))
         else:
@@ -63,12 +72,32 @@ def test_training_split_is_a_random_balanced_partition_driven_by_torch_seed():
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
 
 
+def test_array_split_sizes_are_numpys_per_bag_whatever_the_padding():
+    for G in range(1, 7):
+        for n in range(0, 30):
+            keep = torch.zeros(2, 40, dtype=torch.bool)
+            keep[0, :n] = True
+            keep[1, torch.randperm(40, generator=torch.Generator().manual_seed(n))[:n]] = True  # holes
+            member, valid = pseudo_bag_groups(keep, G, shuffle=False, split="array_split")
+            want = [c.tolist() for c in np.array_split(np.arange(n), min(n, G))] if n else []
+            for b in range(2):
+                real = torch.nonzero(keep[b]).flatten()
+                got = [torch.nonzero(member[b, g, real]).flatten().tolist() for g in range(G) if valid[b, g]]
+                assert got == want, (G, n, b)
+    proportional, _ = pseudo_bag_groups(torch.ones(1, 8, dtype=torch.bool), 5, shuffle=False)
+    assert proportional.sum(2).tolist() == [[2, 2, 1, 2, 1]]  # np.array_split: 2, 2, 2, 1, 1
+    torch.manual_seed(0)
+    member, _ = pseudo_bag_groups(torch.ones(1, 8, dtype=torch.bool), 5, shuffle=True, split="array_split")
+    assert member.sum(2).tolist() == [[2, 2, 2, 1, 1]] and (member.sum(1) == 1).all()
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["default", "torchmil"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("n_classes", [1, 3])
-def test_each_distill_mode_matches_a_per_pseudo_bag_computation_and_is_padding_invariant(mode, n_classes):
+def test_each_distill_mode_matches_a_per_pseudo_bag_computation_and_is_padding_invariant(mode, n_classes, options):
     torch.manual_seed(0)
-    model = DTFDMIL(in_shape=(5,), att_dim=8, n_groups=3, distill_mode=mode, n_classes=n_classes).eval()
-    bags = [torch.randn(n, 5) for n in (11, 4, 2, 1)]
+    model = DTFDMIL(in_shape=(5,), att_dim=8, n_groups=5, distill_mode=mode, n_classes=n_classes, **options).eval()
+    bags = [torch.randn(n, 5) for n in (11, 8, 4, 2, 1)]
     X, mask = _batch(bags, pad_value=-40.0)
     with torch.no_grad():
         for m in (mask, mask.to(torch.uint8)):
@@ -80,7 +109,7 @@ def test_each_distill_mode_matches_a_per_pseudo_bag_computation_and_is_padding_i
                 assert (logits[i] - alone_logits[0]).abs().max() <= 1e-5
                 assert (att[i, : bag.shape[0]] - alone_att[0]).abs().max() <= 1e-5
             s = model.deployment_attention(att, m)
-            assert torch.allclose(s.sum(1), torch.ones(4), atol=1e-6) and (s[~mask] == 0).all()
+            assert torch.allclose(s.sum(1), torch.ones(5), atol=1e-6) and (s[~mask] == 0).all()
         assert torch.equal(model(X, mask), model(X, mask))
 
 
@@ -134,9 +163,10 @@ def test_losses_are_named_by_tier_and_cover_only_existing_pseudo_bags():
     assert sorted(losses3) == ["CrossEntropyLoss_t1", "CrossEntropyLoss_t2"]
 
 
-def test_empty_and_one_instance_bags_are_finite():
+@pytest.mark.parametrize("options", OPTIONS, ids=["default", "torchmil"])
+def test_empty_and_one_instance_bags_are_finite(options):
     for mode in MODES:
-        model = DTFDMIL(in_shape=(4,), att_dim=8, n_groups=3, distill_mode=mode, n_classes=3).eval()
+        model = DTFDMIL(in_shape=(4,), att_dim=8, n_groups=3, distill_mode=mode, n_classes=3, **options).eval()
         X = torch.randn(2, 3, 4)
         mask = torch.tensor([[False, False, False], [True, False, False]])
         logits, att = model(X, mask, return_att=True)
@@ -154,14 +184,20 @@ def test_reference_defaults_lazy_in_shape_and_clear_errors():
         DTFDMIL(distill_mode="MaxMinS")
     with pytest.raises(ModelConfigError, match="n_groups"):
         DTFDMIL(n_groups=0)
+    with pytest.raises(ModelConfigError, match=r"pseudo_bag_split must be one of \('proportional', 'array_split'\)"):
+        DTFDMIL(pseudo_bag_split="numpy")
+    with pytest.raises(ModelConfigError, match=r"distill_instances must be one of \('one', 'all'\), got 'two'"):
+        DTFDMIL(distill_instances="two")
+    assert cfg["pseudo_bag_split"] == "proportional" and cfg["distill_instances"] == "one"
     with pytest.raises(ValueError, match="cannot both be set"):
         DTFDMIL(in_shape=(3,))(torch.randn(1, 2, 3), return_att=True, return_pseudo_pred=True)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("options", OPTIONS, ids=["default", "torchmil"])
 @pytest.mark.parametrize("mode", MODES)
-def test_scripted_model_matches_eager(mode):
-    model = DTFDMIL(in_shape=(4,), att_dim=8, n_groups=3, distill_mode=mode).eval()
+def test_scripted_model_matches_eager(mode, options):
+    model = DTFDMIL(in_shape=(4,), att_dim=8, n_groups=3, distill_mode=mode, **options).eval()
     scripted = torch.jit.script(model)
     X, mask = _batch([torch.randn(8, 4), torch.randn(3, 4)])
     got, got_att = scripted(X, mask, return_att=True)

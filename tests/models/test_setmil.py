@@ -116,3 +116,44 @@ def test_pmf_export_passes_verification(fmt, tmp_path):
     (export_onnx if fmt == "onnx" else export_torchscript)(model, path)
     report = verify_export(path, model, plan=VerificationPlan.quick())
     assert report.passed, report.summary()
+
+
+# ---- grid="all_cells": torchmil's dense grid (equality with torchmil: tests/models/test_from_torchmil.py) -------
+
+
+def test_all_cells_grid_depends_on_the_origin_and_the_empty_cells():
+    """Unlike the default, torchmil's grid starts at cell (0, 0): moving a bag adds empty cells, which are tokens."""
+    model = _model(grid="all_cells")
+    X, coords = _bag(6)
+    coords = coords.floor()
+    logits = model(X, coords=coords)
+    assert not torch.allclose(model(X, coords=coords + 3.0), logits, atol=1e-4)
+    default = _model()
+    torch.testing.assert_close(default(X, coords=coords + 3.0), default(X, coords=coords), atol=1e-5, rtol=1e-5)
+
+
+def test_all_cells_refuses_bad_options_and_negative_coords():
+    from milsdk.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="grid='dense', expected one of"):
+        SETMIL((8,), grid="dense")
+    X, coords = _bag(4)
+    with pytest.raises(ValueError, match="coords must be >= 0"):
+        _model(grid="all_cells")(X, coords=coords - 5.0)
+
+
+def test_all_cells_onnx_is_refused_in_one_line_and_torchscript_verifies(tmp_path):
+    from milsdk.errors import ModelConfigError
+    from milsdk.export.verify import BatchCase, PaddingProbe
+
+    torch.manual_seed(0)  # default initialisation: logits O(1) (float32 rounding over ~10^4 tokens is relative)
+    model = SETMIL((8,), **{**SETMIL.test_config, **PMF_CONFIG}, grid="all_cells").eval()
+    with pytest.raises(ModelConfigError, match=r"^SETMIL: grid='all_cells' cannot be exported to ONNX"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    export_torchscript(model, tmp_path / "m.pt")
+    # small bags: the verifier places them up to 100 cells from the origin (grids of ~10^4 cells)
+    plan = VerificationPlan(cases=(BatchCase(1, 1), BatchCase(2, 3, mixed=True)), padding=(PaddingProbe(1, 4, 2),),
+                            scan=(1, 2))
+    report = verify_export(tmp_path / "m.pt", model, plan=plan)
+    assert report.passed, report.summary()

@@ -107,3 +107,42 @@ def test_no_position_encoding_mode_and_bad_options():
         iRPEMultiheadSelfAttention(4, att_dim=8, rpe_mode="bias", rpe_on="v")
     with pytest.raises(ValueError, match="rpe_skip"):
         iRPEMultiheadSelfAttention(4, rpe_skip=2)
+
+
+@pytest.mark.parametrize("rpe", [
+    {"rpe_skip": 1},
+    {"rpe_skip": 0, "rpe_on": "qkv"},
+    {"rpe_skip": 1, "rpe_method": "cross", "rpe_mode": "bias", "rpe_on": "qk", "rpe_shared_head": False},
+], ids=["skip1-k", "skip0-qkv", "cross-bias-qk"])
+def test_torchmil_layout_equals_torchmil_and_is_padding_invariant(rpe):
+    """layout="torchmil": the reference's square padding (zero tokens as keys) and its head reshape, per bag."""
+    torchmil_attention = pytest.importorskip("torchmil.nn.attention.irpe_multihead_self_attention")
+    reference = torchmil_attention.iRPEMultiheadSelfAttention(8, att_dim=8, n_heads=2, **rpe).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    att = iRPEMultiheadSelfAttention(8, att_dim=8, n_heads=2, layout="torchmil", **rpe).eval()
+    att.load_state_dict(reference.state_dict())
+    # torchmil pads a non-square sequence only without a skip token (with one it pads too far and fails)
+    lengths = (2, 5, 10, 17) if rpe["rpe_skip"] else (1, 2, 3, 5, 10, 17)
+    X = torch.zeros(len(lengths), max(lengths), 8)
+    keep = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    with torch.no_grad():
+        for b, n in enumerate(lengths):
+            X[b, :n] = torch.randn(n, 8, generator=gen)
+            keep[b, :n] = True
+            y_ref, att_ref = reference(X[b : b + 1, :n], return_att=True)
+            y, full = att.forward_pos(X[b : b + 1, :n], keep[b : b + 1, :n], torch.zeros(1, n, 2, dtype=torch.long),
+                                      True)
+            torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=0)
+            torch.testing.assert_close(full, att_ref, atol=1e-6, rtol=0)
+        y_batch, row = att.forward_pos(X, keep, torch.zeros(len(lengths), max(lengths), 2, dtype=torch.long))
+        for b, n in enumerate(lengths):
+            y_alone, row_alone = att.forward_pos(X[b : b + 1, :n], keep[b : b + 1, :n],
+                                                 torch.zeros(1, n, 2, dtype=torch.long))
+            torch.testing.assert_close(y_batch[b, :n], y_alone[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(row[b, :, :n], row_alone[0], atol=1e-6, rtol=0)
+            assert (row[b, :, n:] == 0).all()
+    with pytest.raises(ValueError, match="layout must be one of"):
+        iRPEMultiheadSelfAttention(8, layout="square")

@@ -34,3 +34,8 @@ from milsdk.nn.attention.sm_attention_pool import SmAttentionPool  # noqa: E402
 from milsdk.nn.attention.sm_multihead_self_attention import SmMultiheadSelfAttention  # noqa: E402
 
 __all__ += ["SmAttentionPool", "SmMultiheadSelfAttention"]
+
+from milsdk.nn.attention.camil_attention_pool import CAMILAttentionPool  # noqa: E402
+from milsdk.nn.attention.camil_self_attention import CAMILSelfAttention  # noqa: E402
+
+__all__ += ["CAMILAttentionPool", "CAMILSelfAttention"]

@@ -10,18 +10,33 @@ import torch.nn.functional as F
 from milsdk.nn.irpe import build_rpe, get_rpe_config, grid_positions
 from milsdk.nn.masked import as_bool_mask
 
-__all__ = ["iRPEMultiheadSelfAttention", "coords_to_positions", "DEFAULT_CHUNK_ROWS"]
+__all__ = ["iRPEMultiheadSelfAttention", "coords_to_positions", "DEFAULT_CHUNK_ROWS", "integer_sqrt"]
 
 #: query rows per chunk, summed over the heads: a chunk's score block holds B x DEFAULT_CHUNK_ROWS x L floats.
 DEFAULT_CHUNK_ROWS = 256
 
 _METHODS = ("euc", "quant", "cross", "product")
+_LAYOUTS = ("positions", "torchmil")
 
 
 @torch.jit.unused
 def _exporting() -> bool:
     """True while torch.export / the dynamo ONNX exporter traces the model (never called by TorchScript)."""
     return bool(torch.compiler.is_exporting())
+
+
+def integer_sqrt(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) of a non-negative long tensor, exact (the float square root corrected by one step).
+
+    Args:
+        n: any shape, long, >= 0.
+
+    Returns:
+        Same shape, long.
+    """
+    r = torch.sqrt(n.to(torch.float64)).floor().to(torch.long)
+    r = r - (r * r > n).to(torch.long)
+    return r + ((r + 1) * (r + 1) <= n).to(torch.long)
 
 
 def coords_to_positions(coords: torch.Tensor, skip: int) -> torch.Tensor:
@@ -67,6 +82,14 @@ class iRPEMultiheadSelfAttention(torch.nn.Module):
     finite float32 minimum, padded and all-masked query rows return zero attention (the reference's maps are
     NaN under a mask, defect 8.2); no square padding of the sequence (positions are explicit).
 
+    ``layout="torchmil"`` computes the reference's function instead, per bag (each bag's real tokens must come
+    first, then its padding): the bag's sequence of n tokens is padded with zero tokens to ``rpe_skip`` + the
+    next square :math:`s^2 \ge n - \text{skip}`, those zero tokens are keys like any other (unmasked, as in
+    the reference), the heads are split with the reference's reshape of (L', H d) to (H, L', d), and position
+    k of every head's sequence sits at ((k - skip) // s, (k - skip) % s); the output keeps the bag's first n
+    rows and the attention its first n columns. Padding beyond n is masked, so a bag's outputs equal its own
+    alone. ``coords`` / ``pos`` are not used in that layout.
+
     Memory: queries are processed in chunks of ``DEFAULT_CHUNK_ROWS // n_heads`` rows, so only a
     (B, H, rows, L) block is alive at a time: linear in L in eager PyTorch, TorchScript (Python loop) and the
     ONNX graph exported with ``torch.onnx.export(dynamo=True)`` (``torch.scan``, written as an ONNX Scan). Only
@@ -85,9 +108,11 @@ class iRPEMultiheadSelfAttention(torch.nn.Module):
         rpe_shared_head: one encoding table for every head.
         rpe_skip: leading non-spatial tokens (0 or 1).
         rpe_on: where the encoding applies: a combination of 'q', 'k', 'v' ('v' needs 'contextual').
+        layout: "positions" (default: explicit positions, heads split properly) or "torchmil" (the reference's
+            square padding and head reshape, see above).
     """
 
-    __constants__ = ["n_heads", "head_dim", "att_dim", "rpe_skip", "chunk_rows"]
+    __constants__ = ["n_heads", "head_dim", "att_dim", "rpe_skip", "chunk_rows", "layout"]
 
     def __init__(
         self,
@@ -103,8 +128,13 @@ class iRPEMultiheadSelfAttention(torch.nn.Module):
         rpe_shared_head: bool = True,
         rpe_skip: int = 1,
         rpe_on: str = "k",
+        *,
+        layout: str = "positions",
     ) -> None:
         super().__init__()
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {list(_LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         if rpe_method not in _METHODS:
             raise ValueError(f"rpe_method must be one of {list(_METHODS)}, got {rpe_method!r}")
         if rpe_mode not in (None, "bias", "contextual"):
@@ -263,6 +293,8 @@ class iRPEMultiheadSelfAttention(torch.nn.Module):
             y: (B, L, out_dim); att: (B, H, L) weights of token 0 (the class token) over every token, or with
             ``full_att`` (B, H, L, L). Weights of padded keys are 0.
         """
+        if self.layout == "torchmil":
+            return self._forward_torchmil(x, keep, full_att)
         B, L = x.shape[0], x.shape[1]
         work_dtype = torch.promote_types(x.dtype, torch.float32)
         if self.qkv_nn is not None:
@@ -284,6 +316,64 @@ class iRPEMultiheadSelfAttention(torch.nn.Module):
             out = self._all_rows(q, k, v, keep, pos, skip_k, prep_q)
         y = out.transpose(1, 2).reshape(B, L, self.att_dim).to(x.dtype)
         return self.out_proj(y), att
+
+    def _torchmil_heads(self, t: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """The reference's head split, per bag: its (L'_b, H d) rows read as (H, L'_b, d).
+
+        t: (B, L', H d) with each bag's rows past L'_b zero; length: (B,) L'_b. Returns (B, H, L', d); rows
+        past L'_b are meaningless (masked by the caller).
+        """
+        B, L = t.shape[0], t.shape[1]
+        H, d = self.n_heads, self.head_dim
+        head = torch.arange(H, device=t.device).reshape(1, H, 1, 1)
+        row = torch.arange(L, device=t.device).reshape(1, 1, L, 1)
+        col = torch.arange(d, device=t.device).reshape(1, 1, 1, d)
+        flat = ((head * length.reshape(B, 1, 1, 1) + row) * d + col).clamp(max=L * H * d - 1)
+        return t.reshape(B, L * H * d).gather(1, flat.reshape(B, H * L * d)).reshape(B, H, L, d)
+
+    def _forward_torchmil(
+        self, x: torch.Tensor, keep: torch.Tensor, full_att: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_pos` in the reference's layout (see the class docstring)."""
+        B, L = x.shape[0], x.shape[1]
+        device = x.device
+        work_dtype = torch.promote_types(x.dtype, torch.float32)
+        keep = keep.to(device)
+        n = keep.to(torch.long).sum(dim=1)  # each bag's tokens (real first, then padding)
+        spatial = (n - self.rpe_skip).clamp_min(0)
+        root = integer_sqrt(spatial)
+        side = root + (root * root < spatial).to(torch.long)
+        length = torch.where(n > 0, side * side + self.rpe_skip, torch.zeros_like(n))  # L'_b
+        padded = max(int(length.max()), L)
+        index = torch.arange(padded, device=device)
+        # the reference pads with zero tokens after the attention's input norm
+        x = F.pad(x, (0, 0, 0, padded - L)) * (index.unsqueeze(0) < n.unsqueeze(1)).unsqueeze(-1).to(x.dtype)
+        if self.qkv_nn is not None:
+            q, k, v = self.qkv_nn(x).chunk(3, dim=-1)
+        else:
+            q, k, v = x, x, x
+        q = (self._torchmil_heads(q.contiguous(), length).to(work_dtype) * self.scale).contiguous()
+        k = self._torchmil_heads(k.contiguous(), length).to(work_dtype).contiguous()
+        v = self._torchmil_heads(v.contiguous(), length).to(work_dtype).contiguous()
+        square = index.unsqueeze(0) < length.unsqueeze(1)  # (B, L'): the zero tokens are keys too
+        cell = (index - self.rpe_skip).clamp_min(0).unsqueeze(0)
+        width = side.clamp_min(1).unsqueeze(1)
+        rows = torch.div(cell, width, rounding_mode="floor")
+        pos = torch.stack([rows, cell - rows * width], dim=-1) * (index >= self.rpe_skip).to(torch.long).reshape(
+            1, padded, 1
+        )
+        skip_k = index < self.rpe_skip
+        prep_q = self._prepare_queries_side(k)
+        real = keep[:, :L].to(work_dtype)  # the bag's own zero tokens are keys, but not outputs
+        if full_att:
+            out, att = self._rows(q, pos, skip_k, k, v, square, pos, skip_k, prep_q)
+            att = att[:, :, :L, :L] * real[:, None, :, None] * real[:, None, None, :]
+        else:
+            _, first = self._rows(q[:, :, :1], pos[:, :1], skip_k[:1], k, v, square, pos, skip_k, prep_q)
+            att = first[:, :, 0, :L] * real[:, None, :]
+            out = self._all_rows(q, k, v, square, pos, skip_k, prep_q)
+        y = out.transpose(1, 2).reshape(B, padded, self.att_dim).to(x.dtype)
+        return self.out_proj(y)[:, :L], att
 
     def positions(
         self,
@@ -331,5 +421,5 @@ class iRPEMultiheadSelfAttention(torch.nn.Module):
         return (
             f"in_dim={self.in_dim}, out_dim={self.out_dim}, att_dim={self.att_dim}, n_heads={self.n_heads}, "
             f"rpe_method={self.rpe_method!r}, rpe_mode={self.rpe_mode!r}, rpe_on={self.rpe_on!r}, "
-            f"rpe_skip={self.rpe_skip}"
+            f"rpe_skip={self.rpe_skip}" + (f", layout={self.layout!r}" if self.layout != "positions" else "")
         )

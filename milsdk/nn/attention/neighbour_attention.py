@@ -29,7 +29,8 @@ class NeighbourAttention(torch.nn.Module):
     The reference (``torchmil.models.camil.CAMILSelfAttention``) densifies the adjacency, sums the edge scores
     of row i into one node score and softmaxes it over the whole bag, :math:`l_i = \operatorname{softmax}_i
     (\sum_j a_{ij} q_i^\top k_j / \sqrt d)\, v_i`: an O(N^2) gate of the node's own value that shrinks as
-    1/N with the bag size, not attention over the neighbours. This block computes the paper's form.
+    1/N with the bag size, not attention over the neighbours. This block computes the paper's form;
+    :class:`~milsdk.nn.attention.CAMILSelfAttention` computes the reference's, on the edge list.
 
     Masking: edges touching a padded instance weigh 0 (:func:`~milsdk.nn.adjacency.resolve_edges`), so real
     outputs never depend on padding; padded outputs are 0.

@@ -9,7 +9,10 @@ from milsdk.nn.adjacency import node_degree, propagate, resolve_edges, scatter_a
 from milsdk.nn.linear import LazyLinear
 from milsdk.nn.masked import as_bool_mask
 
-__all__ = ["ChebConv", "laplacian_lambda_max"]
+__all__ = ["ChebConv", "TERM_LAYOUTS", "laplacian_lambda_max", "torchmil_term_rows"]
+
+#: how ChebConv lays the K Chebyshev terms of a node out before its Linear (see :class:`ChebConv`).
+TERM_LAYOUTS = ("per_node", "torchmil")
 
 # Power iterations for lambda_max: a fixed count so that the exported graph is static; the Rayleigh quotient
 # error shrinks like (lambda_2 / lambda_max)^(2 t).
@@ -77,6 +80,42 @@ def laplacian_lambda_max(
     return (v * _flat_laplacian(v, degree, rows, cols, weight)).reshape(B, n_nodes).sum(1)
 
 
+def torchmil_term_rows(terms: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""torchmil 1.0.2's layout of the Chebyshev terms, applied to each bag's own real nodes.
+
+    torchmil reshapes the contiguous (K, n, C) stack of a bag with ``view(n, K * C)``: row i is the i-th run of
+    K * C consecutive values, i.e. for slot :math:`s = iK + j` (j = 0..K-1) the C-vector of term
+    :math:`\lfloor s / n \rfloor` at node :math:`s \bmod n`. Here n is each bag's real node count n_b (from
+    ``mask``; real nodes first, trailing padding), so the real rows equal torchmil's on the bag alone whatever
+    the padding. One 1-D gather of rows of the (B K N, C) stack (no (.., C) index, no N x N); sizes are tensor
+    operations, so an exported graph keeps the bag axis dynamic.
+
+    Args:
+        terms: (B, K, N, C) stacked Chebyshev terms.
+        mask: (B, N) True / 1 = real node (None = all real); real nodes must come first.
+
+    Returns:
+        (B, N, K * C); rows of padded nodes hold finite values of the bag's terms (masked downstream).
+    """
+    B, K, N, C = terms.shape[0], terms.shape[1], terms.shape[2], terms.shape[3]
+    n_real = as_bool_mask(mask, terms[:, 0]).to(torch.long).sum(dim=1, keepdim=True)  # (B, 1)
+    n_real = n_real.clamp_min(1)  # an all-padded bag: any in-range rows
+    slot = torch.arange(N * K, device=terms.device).unsqueeze(0)  # (1, N K): s = i K + j
+    term = torch.div(slot, n_real, rounding_mode="floor")  # (B, N K)
+    node = slot - term * n_real
+    # ONNX lowers integer division through float32 (inexact past 2^24): one correction step keeps the real rows'
+    # quotients (< K) exact; the clamps keep any padded row's index inside the bag's rows
+    low = node < 0
+    term, node = torch.where(low, term - 1, term), torch.where(low, node + n_real, node)
+    high = node >= n_real
+    term, node = torch.where(high, term + 1, term), torch.where(high, node - n_real, node)
+    term = term.clamp(0, K - 1)  # padded rows' slots run past the last term
+    node = torch.minimum(node.clamp_min(0), n_real - 1)
+    bag = torch.arange(B, device=terms.device).unsqueeze(1)
+    rows = ((bag * K + term) * N + node).reshape(-1)
+    return terms.reshape(B * K * N, C).index_select(0, rows).reshape(B, N, K * C)
+
+
 class ChebConv(torch.nn.Module):
     r"""Chebyshev graph convolution of order K.
 
@@ -91,7 +130,10 @@ class ChebConv(torch.nn.Module):
 
     - the K terms are concatenated per node (``stack(dim=2).flatten(2)``, term-major within a node's row: entry
       ``k * C_in + c`` is channel c of :math:`Z_k`). The reference reshapes the (B, K, N, C) stack with ``view``,
-      which mixes the terms of different nodes into one row, so a node's output depends on N (and on padding);
+      which mixes the terms of different nodes into one row, so a node's output depends on N (and on padding).
+      ``term_layout="torchmil"`` computes the reference's rows instead, per bag over its real nodes
+      (:func:`torchmil_term_rows`; padding-invariant for trailing padding), to run torchmil-trained weights
+      (``milsdk.models.from_torchmil``);
     - :math:`\lambda_{max}` (``compute_lambda_max``) is that of the Laplacian :math:`D - A`, the quantity that maps
       its spectrum into [-1, 1] (ChebNet; PyTorch Geometric), estimated by :func:`laplacian_lambda_max`
       (power iteration on the edge list, exportable). The reference runs a dense ``torch.linalg.eig`` of **A**
@@ -104,16 +146,26 @@ class ChebConv(torch.nn.Module):
         out_channels: output size C_out.
         K: number of Chebyshev terms (>= 1).
         compute_lambda_max: estimate :math:`\lambda_{max}` per bag when forward gets none; else 2.0.
+        term_layout: ``"per_node"`` (each node's own K terms) or ``"torchmil"`` (torchmil 1.0.2's ``view`` of
+            the stack, per bag; see above).
     """
 
     def __init__(
-        self, in_channels: int | None, out_channels: int, K: int = 3, compute_lambda_max: bool = True
+        self,
+        in_channels: int | None,
+        out_channels: int,
+        K: int = 3,
+        compute_lambda_max: bool = True,
+        term_layout: str = "per_node",
     ) -> None:
         super().__init__()
         if K < 1:
             raise ValueError(f"ChebConv: K must be >= 1, got {K}")
+        if term_layout not in TERM_LAYOUTS:
+            raise ValueError(f"ChebConv: term_layout must be one of {TERM_LAYOUTS}, got {term_layout!r}")
         self.in_channels, self.out_channels, self.K = in_channels, out_channels, K
         self.compute_lambda_max = compute_lambda_max
+        self.term_layout = term_layout
         self.fc = LazyLinear(None if in_channels is None else K * in_channels, out_channels, bias=False)
 
     def forward(
@@ -157,10 +209,12 @@ class ChebConv(torch.nn.Module):
         for k in range(2, self.K):
             prev = terms[k - 1]
             terms.append(2.0 * (_laplacian(prev, degree, edge_index, scaled_weight) - prev) - terms[k - 2])
+        if self.term_layout == "torchmil":
+            return self.fc(torchmil_term_rows(torch.stack(terms, dim=1), mask))
         return self.fc(torch.stack(terms, dim=2).flatten(2))
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, K={self.K}, "
-            f"compute_lambda_max={self.compute_lambda_max}"
+            f"compute_lambda_max={self.compute_lambda_max}, term_layout={self.term_layout!r}"
         )

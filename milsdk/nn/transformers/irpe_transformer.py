@@ -32,6 +32,8 @@ class iRPETransformerLayer(torch.nn.Module):
         dropout: dropout on the attention weights and inside the MLP.
         rpe_ratio, rpe_method, rpe_mode, rpe_shared_head, rpe_skip, rpe_on: the position encoding (see
             :class:`~milsdk.nn.attention.iRPEMultiheadSelfAttention`).
+        layout: the attention's sequence layout, "positions" or "torchmil" (see
+            :class:`~milsdk.nn.attention.iRPEMultiheadSelfAttention`).
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class iRPETransformerLayer(torch.nn.Module):
         rpe_shared_head: bool = True,
         rpe_skip: int = 1,
         rpe_on: str = "k",
+        *,
+        layout: str = "positions",
     ) -> None:
         super().__init__()
         out_dim = in_dim if out_dim is None else out_dim
@@ -64,6 +68,7 @@ class iRPETransformerLayer(torch.nn.Module):
             rpe_shared_head=rpe_shared_head,
             rpe_skip=rpe_skip,
             rpe_on=rpe_on,
+            layout=layout,
         )
         self.norm1 = torch.nn.LayerNorm(in_dim)
         self.att_proj = linear_or_identity(in_dim, att_dim)
@@ -139,6 +144,8 @@ class iRPETransformerEncoder(torch.nn.Module):
             equal in_dim).
         dropout: dropout of each layer.
         rpe_ratio, rpe_method, rpe_mode, rpe_shared_head, rpe_skip, rpe_on: the position encoding.
+        layout: every layer's attention layout, "positions" or "torchmil" (see
+            :class:`~milsdk.nn.attention.iRPEMultiheadSelfAttention`).
     """
 
     def __init__(
@@ -157,6 +164,8 @@ class iRPETransformerEncoder(torch.nn.Module):
         rpe_shared_head: bool = True,
         rpe_skip: int = 1,
         rpe_on: str = "k",
+        *,
+        layout: str = "positions",
     ) -> None:
         super().__init__()
         if n_layers < 1:
@@ -182,6 +191,7 @@ class iRPETransformerEncoder(torch.nn.Module):
                 rpe_shared_head=rpe_shared_head,
                 rpe_skip=rpe_skip,
                 rpe_on=rpe_on,
+                layout=layout,
             )
             for i in range(n_layers)
         )
