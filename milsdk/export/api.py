@@ -166,6 +166,12 @@ def export_checkpoint(
 
     ckpt = read_checkpoint(ckpt_path)
     model = ckpt.build_model()
+    # a model config without an ONNX graph (SETMIL grid="all_cells") gets the profile's other formats when the
+    # caller named none; asked for ONNX explicitly, or for a Triton backend that serves ONNX, it is one line
+    unsupported = getattr(model, "onnx_unsupported", None)
+    if unsupported and formats is None and triton_repo is None and "onnx" in chosen and len(chosen) > 1:
+        chosen = tuple(f for f in chosen if f != "onnx")
+        say(f"no ONNX for this model ({unsupported}); exporting {', '.join(chosen)}")
     info = model_info(
         model, ckpt.metadata, extra={"export": {"checkpoint": Path(ckpt_path).name, "profile": prof.name}}
     )

@@ -152,8 +152,29 @@ def test_all_cells_onnx_is_refused_in_one_line_and_torchscript_verifies(tmp_path
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
     export_torchscript(model, tmp_path / "m.pt")
-    # small bags: the verifier places them up to 100 cells from the origin (grids of ~10^4 cells)
+    # small bags: a plan of seconds (an all-cells model pays for the grid's area)
     plan = VerificationPlan(cases=(BatchCase(1, 1), BatchCase(2, 3, mixed=True)), padding=(PaddingProbe(1, 4, 2),),
                             scan=(1, 2))
     report = verify_export(tmp_path / "m.pt", model, plan=plan)
     assert report.passed, report.summary()
+
+
+def test_export_of_an_all_cells_checkpoint_takes_the_profiles_other_format_unless_onnx_is_asked_for(tmp_path):
+    from milsdk.errors import ModelConfigError
+    from milsdk.export.api import export_checkpoint
+    from milsdk.export.verify import BatchCase, PaddingProbe
+    from milsdk.utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(SETMIL((8,), **SETMIL.test_config, grid="all_cells").eval(), tmp_path / "setmil.ckpt")
+    plan = VerificationPlan(cases=(BatchCase(1, 1), BatchCase(2, 3, mixed=True)), padding=(PaddingProbe(1, 4, 2),),
+                            scan=(1, 2))
+    said = []
+    result = export_checkpoint(ckpt, tmp_path / "out", plan=plan, progress=said.append)  # cpu: onnx + torchscript
+    assert [a.format for a in result.artifacts] == ["torchscript"] and result.artifacts[0].report.passed
+    assert not (tmp_path / "out" / "model.onnx").exists()
+    assert any(m.startswith("no ONNX for this model (grid='all_cells' cannot") for m in said)
+    for formats, triton in ((("onnx",), None), (None, tmp_path / "repo")):
+        with pytest.raises(ModelConfigError, match="grid='all_cells' cannot be exported to ONNX"):
+            export_checkpoint(ckpt, tmp_path / "asked", formats, triton_repo=triton, plan=plan)
+        assert not (tmp_path / "asked").exists() and not (tmp_path / "repo").exists()
