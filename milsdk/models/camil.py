@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from milsdk.errors import ModelConfigError
-from milsdk.models.mil_model import MILModel
+from milsdk.models.graph_model import GraphMILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.adjacency import resolve_edges
 from milsdk.nn.attention.camil_attention_pool import CAMILAttentionPool
@@ -32,7 +32,7 @@ LOCAL_ATTENTIONS = ("neighbours", "torchmil")
 
 
 @register_model
-class CAMIL(MILModel):
+class CAMIL(GraphMILModel):
     r"""Context-aware MIL with a per-bag mask and an edge-list graph.
 
     For a bag with instances :math:`h_i = W\,\text{feat\_ext}(x_i) + b` (the Linear only when the feature size
@@ -100,8 +100,6 @@ class CAMIL(MILModel):
             :class:`milsdk.nn.attention.NystromAttention`).
     """
 
-    extra_inputs = ("adj",)
-    attention_output = "logits"
     test_config = {"nystrom_att_dim": 16, "pool_att_dim": 8, "n_heads": 2, "n_landmarks": 4}
     # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
@@ -183,71 +181,3 @@ class CAMIL(MILModel):
         M = gate * L + (1 - gate) * T
         z, f = self.pool.forward_att(T, M, mask)  # (B, d), (B, N)
         return self.squeeze_binary(self.classifier(z)), f
-
-    def forward(
-        self,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        return_att: bool = False,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits.
-
-        Args:
-            X: (B, N, *in_shape) instance features.
-            adj: (B, N, N) dense or sparse adjacency (the training form); None when ``edge_index`` is given.
-            mask: (B, N) True / 1 = real instance (bool or uint8); None = all real.
-            return_att: also return the attention logits.
-            edge_index: (B, 2, E) int64 edge list (the serving form; used instead of ``adj``).
-            edge_weight: (B, E) float32 weights of ``edge_index``, padded edges 0 (None = 1).
-
-        Returns:
-            logits (B,) for one output or (B, C); with ``return_att`` also f (B, N), the pool's attention
-            logits before the masked softmax.
-        """
-        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
-        if return_att:
-            return logits, f
-        return logits
-
-    def compute_loss(
-        self,
-        Y: torch.Tensor,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass and the criterion.
-
-        Args:
-            Y: (B,) bag labels; X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
-
-        Returns:
-            logits (B,) or (B, C); losses ``{criterion name: scalar}``.
-        """
-        logits, _ = self._forward(X, adj, mask, edge_index, edge_weight)
-        return logits, self.bag_loss(logits, Y)
-
-    @torch.no_grad()
-    def predict(
-        self,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        return_inst_pred: bool = True,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits and, with ``return_inst_pred``, the attention logits (B, N) as instance scores.
-
-        Args:
-            X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
-        """
-        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
-        if return_inst_pred:
-            return logits, f
-        return logits

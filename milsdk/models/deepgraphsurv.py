@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from milsdk.errors import ModelConfigError
-from milsdk.models.mil_model import MILModel
+from milsdk.models.graph_model import GraphMILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.adjacency import resolve_edges
 from milsdk.nn.gnns import ChebConv
@@ -26,7 +26,7 @@ __all__ = ["DeepGraphSurv"]
 
 
 @register_model
-class DeepGraphSurv(MILModel):
+class DeepGraphSurv(GraphMILModel):
     r"""Spectral-graph attention MIL for survival (or classification), with a per-bag mask and an edge list.
 
     For a bag :math:`H = \text{feat\_ext}(X)` with adjacency :math:`A`, two branches of Chebyshev convolutions
@@ -86,8 +86,6 @@ class DeepGraphSurv(MILModel):
         n_classes: number of outputs (1 = binary or a risk score, logits (B,); C > 1 = logits (B, C)).
     """
 
-    extra_inputs = ("adj",)
-    attention_output = "logits"
     test_config = {"hidden_dim": 8, "att_dim": 8, "K": 2}
     # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
@@ -170,34 +168,6 @@ class DeepGraphSurv(MILModel):
         z = torch.bmm(s.unsqueeze(1), R).squeeze(1)
         return self.squeeze_binary(self.classifier(z)), f
 
-    def forward(
-        self,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        return_att: bool = False,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits (risk scores for survival).
-
-        Args:
-            X: (B, N, *in_shape) instance features.
-            adj: (B, N, N) dense or sparse adjacency (the training form), or None when ``edge_index`` is given.
-            mask: (B, N) True / 1 = real instance (bool or uint8); None = all real.
-            return_att: also return the attention logits.
-            edge_index: (B, 2, E) int64 edge list (the serving form; used instead of ``adj``).
-            edge_weight: (B, E) float32 weights of ``edge_index``, padded edges 0 (None = 1).
-
-        Returns:
-            logits (B,) for one output (the risk score for survival) or (B, C); with ``return_att`` also f
-            (B, N), the attention logits before the masked softmax.
-        """
-        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
-        if return_att:
-            return logits, f
-        return logits
-
     def compute_loss(
         self,
         Y: torch.Tensor,
@@ -220,23 +190,3 @@ class DeepGraphSurv(MILModel):
         if self.survival:
             return logits, {type(self.criterion).__name__: self.criterion(logits, Y)}
         return logits, self.bag_loss(logits, Y)
-
-    @torch.no_grad()
-    def predict(
-        self,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        return_inst_pred: bool = True,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits and, with ``return_inst_pred``, the attention logits (B, N) as instance scores.
-
-        Args:
-            X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
-        """
-        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
-        if return_inst_pred:
-            return logits, f
-        return logits

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from milsdk.errors import ModelConfigError
-from milsdk.models.mil_model import MILModel
+from milsdk.models.graph_model import GraphMILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.adjacency import resolve_edges
 from milsdk.nn.attention import AttentionPool
@@ -24,7 +24,7 @@ __all__ = ["PatchGCN"]
 
 
 @register_model
-class PatchGCN(MILModel):
+class PatchGCN(GraphMILModel):
     r"""Patch-graph convolutional MIL with a per-bag mask and an edge-list graph.
 
     For a bag :math:`H^{(0)} = \text{feat\_ext}(X)` with adjacency :math:`A` (use a normalised one, e.g.
@@ -68,8 +68,6 @@ class PatchGCN(MILModel):
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
     """
 
-    extra_inputs = ("adj",)
-    attention_output = "logits"
     test_config = {"n_gcn_layers": 2, "hidden_dim": 8, "att_dim": 8}
     # MILModel's Python-only properties, skipped by torch.jit.script (they read __dict__).
     __jit_unused_properties__ = ["config", "in_shape", "n_outputs"]
@@ -136,71 +134,3 @@ class PatchGCN(MILModel):
             G = layer(G)
         z, f = self.pool.pool_with_logits(G, mask)
         return self.squeeze_binary(self.classifier(z)), f
-
-    def forward(
-        self,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        return_att: bool = False,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits.
-
-        Args:
-            X: (B, N, *in_shape) instance features.
-            adj: (B, N, N) dense or sparse adjacency (the training form), or None when ``edge_index`` is given.
-            mask: (B, N) True / 1 = real instance (bool or uint8); None = all real.
-            return_att: also return the attention logits.
-            edge_index: (B, 2, E) int64 edge list (the serving form; used instead of ``adj``).
-            edge_weight: (B, E) float32 weights of ``edge_index``, padded edges 0 (None = 1).
-
-        Returns:
-            logits (B,) for one output or (B, C); with ``return_att`` also f (B, N), the pool's attention
-            logits before the masked softmax.
-        """
-        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
-        if return_att:
-            return logits, f
-        return logits
-
-    def compute_loss(
-        self,
-        Y: torch.Tensor,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass and the criterion.
-
-        Args:
-            Y: (B,) bag labels; X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
-
-        Returns:
-            logits (B,) or (B, C); losses ``{criterion name: scalar}``.
-        """
-        logits, _ = self._forward(X, adj, mask, edge_index, edge_weight)
-        return logits, self.bag_loss(logits, Y)
-
-    @torch.no_grad()
-    def predict(
-        self,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        return_inst_pred: bool = True,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits and, with ``return_inst_pred``, the attention logits (B, N) as instance scores.
-
-        Args:
-            X, adj, mask, edge_index, edge_weight: as in :meth:`forward`.
-        """
-        logits, f = self._forward(X, adj, mask, edge_index, edge_weight)
-        if return_inst_pred:
-            return logits, f
-        return logits
