@@ -231,7 +231,7 @@ def accuracy_report(
     passed = bool(changes) and max(changes) <= max_probability_change and (
         worst_rho is None or worst_rho >= min_attention_spearman)
     return AccuracyReport(
-        artifact=path.name, precision=str(info.extra.get("export", {}).get("precision", "float32")),
+        artifact=path.name, precision=_precision_label(info.extra.get("export", {})),
         bags_source=bags_source, n_bags=len(per_bag), max_probability_change=max(changes, default=0.0),
         median_probability_change=float(np.median(changes)) if changes else 0.0,
         label_agreement=float(np.mean(same)) if same else 1.0, min_attention_spearman=worst_rho,
@@ -239,6 +239,14 @@ def accuracy_report(
         attention_min_instances=int(attention_min_instances), limits=limits, passed=passed,
         per_bag=per_bag,
     )
+
+
+def _precision_label(export: dict[str, Any]) -> str:
+    """"int8", "float16", or "float32, float16 features" for a float32 model fed float16 on the wire."""
+    precision = str(export.get("precision", "float32"))
+    if str(export.get("features_dtype", "float32")) == "float16" and precision != "float16":
+        return f"{precision}, float16 features"
+    return precision
 
 
 def write_accuracy_report(report: AccuracyReport, directory: str | os.PathLike) -> tuple[Path, Path]:

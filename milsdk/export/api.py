@@ -181,7 +181,7 @@ def export_checkpoint(
     )
     plan = plan or VerificationPlan.default()
     accuracy_input, accuracy = None, None
-    if prof.precision != "float32" and "onnx" in chosen:
+    if (prof.precision != "float32" or prof.features_dtype != "float32") and "onnx" in chosen:
         accuracy_input = (
             (f"held-out: {', '.join(map(str, accuracy_bags))}", held_out_bags(accuracy_bags, info))
             if accuracy_bags else ("synthetic Gaussian (pass held-out feature files for a meaningful report)",

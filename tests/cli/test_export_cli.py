@@ -108,7 +108,7 @@ def test_bad_profile_is_one_line(ckpt, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert (
         result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, cpu-int8, gpu-fp16, "
-        "triton-python, triton-pytorch (or a .toml path)"
+        "triton-python, triton-python-wire16, triton-pytorch (or a .toml path)"
     )
 
 

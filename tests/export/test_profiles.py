@@ -17,7 +17,8 @@ def test_packaged_profiles_are_the_top_level_folder():
     link = REPO / "milsdk" / "export" / "profiles"
     assert link.is_symlink() and os.readlink(link) == "../../export/profiles"
     assert PROFILES_DIR.resolve() == (REPO / "export" / "profiles").resolve()
-    assert list_profiles() == ["cpu", "cpu-int8", "gpu-fp16", "triton-python", "triton-pytorch"]
+    assert list_profiles() == ["cpu", "cpu-int8", "gpu-fp16", "triton-python", "triton-python-wire16",
+                               "triton-pytorch"]
 
 
 def test_packaged_profiles():
@@ -48,6 +49,9 @@ def test_packaged_profiles():
     assert (int8.max_probability_change, int8.min_attention_spearman, int8.attention_min_instances) == (
         0.02, 0.98, 20)
     assert (cpu.max_probability_change, cpu.min_attention_spearman) == (0.02, 0.98)  # defaults
+    wire16 = load_profile("triton-python-wire16")
+    assert (wire16.precision, wire16.features_dtype, wire16.formats, wire16.triton_backend) == (
+        "float32", "float16", ("onnx",), "python")
 
 
 def test_accuracy_limits_from_a_profile(tmp_path):
@@ -112,7 +116,9 @@ def test_bad_profiles_name_the_file_and_key(tmp_path, text, message):
 
 def test_unknown_names_and_missing_files(tmp_path):
     with pytest.raises(
-        ExportError, match="unknown profile 'gpu'; packaged profiles: cpu, cpu-int8, gpu-fp16, triton-python, triton-pytorch"
+        ExportError,
+        match="unknown profile 'gpu'; packaged profiles: cpu, cpu-int8, gpu-fp16, triton-python, triton-python-wire16, "
+        "triton-pytorch",
     ):
         load_profile("gpu")
     with pytest.raises(ExportError, match="no such file"):

@@ -240,3 +240,31 @@ def test_predict_cli_serves_a_graph_model_from_feature_files_with_coords_only(
             got = [float(row[column]) for column in prob_columns]
             want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_float16_wire_profile_sends_half_the_bytes_and_answers_as_eager(eager_models, served_bags, eager_outputs,
+                                                                       tmp_path):
+    """The triton-python-wire16 profile: the config's features input is TYPE_FP16, the client casts the float32
+    bags itself, and every bag's outputs stay within float16 rounding of eager float32, over HTTP and with shared
+    memory."""
+    from milsdk.export.api import export_checkpoint
+    from milsdk.export.verify import VerificationPlan
+    from milsdk.utils.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(eager_models["abmil"], tmp_path / "abmil.ckpt")
+    result = export_checkpoint(ckpt, tmp_path / "out", profile="triton-python-wire16", triton_repo=tmp_path / "repo",
+                               name="abmil16", plan=VerificationPlan.quick())
+    assert result.artifacts[0].report.passed and result.accuracy is not None and result.accuracy.passed
+    assert result.accuracy.precision == "float32, float16 features"
+    config = (tmp_path / "repo" / "abmil16" / "config.pbtxt").read_text()
+    assert "TYPE_FP16" in config
+    with TritonServer(tmp_path / "repo", exit_timeout_s=2) as server:
+        for shared_memory in (False, True):
+            with MILClient.from_triton(server.http_url, "abmil16", shared_memory=shared_memory) as client:
+                predictions = client.predict(served_bags)
+            worst_logit = worst_att = 0.0
+            for prediction, (logits, attention) in zip(predictions, eager_outputs["abmil"]):
+                assert prediction.ok, prediction.error
+                worst_logit = max(worst_logit, float(np.abs(prediction.logits - logits).max()))
+                worst_att = max(worst_att, float(np.abs(prediction.attention - attention).max()))
+            assert 0.0 < worst_logit <= 1e-2 and worst_att <= 1e-3, (shared_memory, worst_logit, worst_att)
