@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from milsdk.export.bags import bag_batch as model_inputs
+
 __all__ = ["PreparedModel", "prepare_model", "make_bag", "model_inputs", "count_flops"]
 
 log = logging.getLogger(__name__)
@@ -126,19 +128,6 @@ def make_bag(n: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
     cells = rng.permutation(side * side)[:n]
     coords = np.stack([cells // side, cells % side], axis=1).astype(np.float32)
     return {"features": rng.standard_normal((n, dim), dtype=np.float32), "coords": coords}
-
-
-def model_inputs(bag: dict[str, np.ndarray], inputs: list[str]) -> dict[str, np.ndarray]:
-    """The padded arrays (B = 1) of the deployment contract that ``inputs`` (``ModelInfo.inputs``) name, with
-    the 8-neighbour grid graph of the coords for a graph model (as :class:`~milsdk.serving.MILClient` builds)."""
-    from milsdk.contract import EDGE_INDEX, EDGE_WEIGHT
-    from milsdk.serving import pad_batch
-    from milsdk.utils.graph import coords_graph
-
-    prepared = dict(bag)
-    if EDGE_INDEX in inputs:
-        prepared[EDGE_INDEX], prepared[EDGE_WEIGHT] = coords_graph(bag["coords"])
-    return pad_batch([prepared], len(bag["features"]), inputs)
 
 
 def count_flops(fn: Any) -> int:

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, MASK, ModelInfo
+from milsdk.contract import COORDS, EDGE_INDEX, FEATURES, MASK, ModelInfo
 from milsdk.errors import BagError
-from milsdk.export.bags import random_batch
+from milsdk.export.bags import bag_batch, random_batch
 from milsdk.export.files import atomic_write
 from milsdk.export.artifact import read_model_info
 
@@ -156,7 +156,6 @@ def held_out_bags(paths: Sequence[str | os.PathLike], info: ModelInfo) -> list[t
             lacks (one line naming the file).
     """
     from milsdk.serving.inputs import find_bag_files, read_bag
-    from milsdk.utils.graph import coords_graph
 
     files = find_bag_files(paths)
     if not files:
@@ -165,19 +164,17 @@ def held_out_bags(paths: Sequence[str | os.PathLike], info: ModelInfo) -> list[t
     for path in files:
         bag = read_bag(path)
         features = np.ascontiguousarray(bag["features"], dtype=np.float32)
-        n, dim = features.shape
+        dim = features.shape[1]
         if dim != info.feature_dim:
             raise BagError(f"{path}: features have dimension {dim}, model {info.model_name} expects "
                            f"{info.feature_dim}")
-        arrays: Arrays = {FEATURES: features[None], MASK: np.ones((1, n), dtype=bool)}
         coords = bag["coords"]
         if (COORDS in info.inputs or EDGE_INDEX in info.inputs) and coords is None:
             raise BagError(f"{path}: model {info.model_name} needs coords; the file has none")
-        if COORDS in info.inputs:
-            arrays[COORDS] = np.ascontiguousarray(coords, dtype=np.float32)[None]
-        if EDGE_INDEX in info.inputs:
-            edge_index, edge_weight = coords_graph(np.asarray(coords, dtype=np.float32))
-            arrays[EDGE_INDEX], arrays[EDGE_WEIGHT] = edge_index[None], edge_weight[None]
+        one = {FEATURES: features}
+        if coords is not None:
+            one[COORDS] = np.ascontiguousarray(coords, dtype=np.float32)
+        arrays = bag_batch(one, info.inputs)
         out.append((bag["name"], arrays))
     return out
 

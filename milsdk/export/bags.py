@@ -16,7 +16,7 @@ from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES
 from milsdk.serving.planner import pad_batch
 from milsdk.utils.graph import coords_graph
 
-__all__ = ["random_bag", "random_batch"]
+__all__ = ["bag_batch", "random_bag", "random_batch"]
 
 
 def random_bag(n: int, feature_dim: int, inputs: Sequence[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -47,3 +47,18 @@ def random_batch(
     """A padded batch of random bags of the given sizes: {name: array} for every name in ``inputs``."""
     bags = [random_bag(int(n), feature_dim, inputs, rng) for n in lengths]
     return pad_batch(bags, n_max, list(inputs))
+
+
+def bag_batch(bag: dict[str, np.ndarray], inputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """One bag as a batch of one (B = 1) in the contract layout: every input ``inputs`` (``ModelInfo.inputs``)
+    names, the 8-neighbour grid graph of its coords for a graph model (as :class:`~milsdk.serving.MILClient`
+    builds it).
+
+    Args:
+        bag: {"features": (N, D) float32, "coords": (N, 2) where the model needs positions or a graph}.
+        inputs: the artifact's input names.
+    """
+    prepared = dict(bag)
+    if EDGE_INDEX in inputs:
+        prepared[EDGE_INDEX], prepared[EDGE_WEIGHT] = coords_graph(bag[COORDS])
+    return pad_batch([prepared], len(bag[FEATURES]), list(inputs))
