@@ -44,6 +44,7 @@ __all__ = [
     "EDGE_WEIGHT",
     "LOGITS",
     "ATTENTION",
+    "FEATURES_CHECK",
     "INPUT_DTYPES",
     "OUTPUT_DTYPES",
     "METADATA_KEY",
@@ -53,6 +54,9 @@ __all__ = [
 
 FEATURES, MASK, COORDS, EDGE_INDEX, EDGE_WEIGHT = "features", "mask", "coords", "edge_index", "edge_weight"
 LOGITS, ATTENTION = "logits", "attention"
+#: not part of the deployment signature: the output the onnxruntime backend adds to the graph it loads, each
+#: bag's NaN/inf test of its features (:mod:`milsdk.serving.backends.features_check`).
+FEATURES_CHECK = "features_check"
 
 #: symbolic axes of the contract and their names in an exported graph (ONNX dim_param, Triton -1).
 AXIS_NAMES = {"B": "batch", "N": "n_instances", "E": "n_edges"}

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from milsdk.contract import ATTENTION, COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, LOGITS, ModelInfo
+from milsdk.contract import (
+    ATTENTION, COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, FEATURES_CHECK, LOGITS, ModelInfo,
+)
 from milsdk.utils.graph import coords_graph
 from milsdk.errors import BagError, ServerUnavailableError, ServingError
 from milsdk.serving.backends import Backend, open_artifact
@@ -115,12 +117,15 @@ class MILClient:
             raises :class:`~milsdk.errors.ServerUnavailableError`.
         retry_initial_s: first backoff delay; it doubles after every failed attempt, up to ``retry_max_delay_s``.
         retry_max_delay_s: longest backoff delay.
-        check_finite: scan every bag's features for NaN/inf before it is sent (a bag holding any gets its own
-            error). The scan is one read pass over the bag: about a quarter of ABMIL's runtime at D = 1024 here
-            (memory bandwidth against the GEMM rate), the client's main cost on a large bag. With False, for
-            features already known to be finite, no bag is scanned before the run; a bag whose logits or
-            attention come back NaN/inf is scanned then and gets the same error, so only a NaN the model turns
-            into finite outputs (e.g. a ReLU zeroing it) would go unnoticed.
+        check_finite: refuse a bag whose features hold NaN/inf (it gets its own error). With the onnxruntime
+            backend the graph tests every bag itself (``features_check``, added at load time,
+            :mod:`milsdk.serving.backends.features_check`), on the first layer it computes anyway: about 1% of
+            ABMIL's runtime. With the other backends (TorchScript, Triton) the client scans each bag before it
+            is sent: one read pass over the bag, about a quarter of ABMIL's runtime at D = 1024 here. A batch in which the graph finds a bad
+            bag is run again without it, so the other bags' results never depend on it (an int8 graph quantises
+            a whole batch with one scale). With False, no bag is tested; a bag whose logits or attention come
+            back NaN/inf is scanned then and gets the same error, so only a NaN the model turns into finite
+            outputs (e.g. a ReLU zeroing it) would go unnoticed.
     """
 
     def __init__(
@@ -149,6 +154,8 @@ class MILClient:
         self.retry_initial_s = float(retry_initial_s)
         self.retry_max_delay_s = float(retry_max_delay_s)
         self.check_finite = bool(check_finite)
+        # the graph tests each bag's features itself: the client does not scan them before the run
+        self._graph_checks_features = bool(getattr(backend, "checks_features", False))
         self.last_run = RunStats()
 
     @classmethod
@@ -369,8 +376,8 @@ class MILClient:
         if dim != info.feature_dim:
             raise BagError(f"features have dimension {dim}, model {info.model_name} expects {info.feature_dim}")
         features = np.ascontiguousarray(features, dtype=np.float32)  # no copy when it already is
-        if self.check_finite and not all_finite(features):
-            raise BagError(f"features hold {int(np.size(features) - np.isfinite(features).sum())} NaN/inf values")
+        if self.check_finite and not self._graph_checks_features and not all_finite(features):
+            raise BagError(_nonfinite_error(nonfinite_count(features)))
         out: dict[str, Any] = {"name": _bag_name(bag, index), FEATURES: features}
         if coords is not None:
             coords = np.asarray(coords)
@@ -422,6 +429,11 @@ class MILClient:
                     f"the model returned logits {logits.shape} and attention {attention.shape}, "
                     f"expected {expected[0]} and {expected[1]}"
                 )
+            check = outputs.get(FEATURES_CHECK) if self.check_finite and self._graph_checks_features else None
+            if check is not None and check.shape != (len(members),):
+                raise ServingError(
+                    f"the model returned {FEATURES_CHECK} {check.shape}, expected ({len(members)},)"
+                )
         except ServerUnavailableError:
             raise
         except ServingError as exc:
@@ -434,6 +446,24 @@ class MILClient:
             index, bag = members[0]
             stats.add(bags=1, failed=1)
             return [BagPrediction(index, bag["name"], error=str(exc))]
+        if check is not None:
+            # a non-finite check is a bad value or (rarely) an overflow of finite ones: the exact count decides
+            bad = {
+                b: count for b in np.flatnonzero(~np.isfinite(check)).tolist()
+                if (count := nonfinite_count(members[b][1][FEATURES]))
+            }
+            if bad:
+                stats.add(bags=len(bad), failed=len(bad), requests=1)
+                refused = [
+                    BagPrediction(members[b][0], members[b][1]["name"], error=_nonfinite_error(count))
+                    for b, count in bad.items()
+                ]
+                rest = [member for b, member in enumerate(members) if b not in bad]
+                if not rest:
+                    return refused
+                # the rest ran in a batch with a bad bag: run them again on their own
+                n_rest = max(bag[FEATURES].shape[0] for _, bag in rest)
+                return refused + self._run_batch(rest, n_rest, stats, abort)
         stats.add(
             bags=len(members), requests=1, padded_slots=len(members) * n_max,
             instances=sum(bag[FEATURES].shape[0] for _, bag in members),
@@ -443,10 +473,10 @@ class MILClient:
             n = bag[FEATURES].shape[0]
             if not self.check_finite and not (all_finite(logits[b]) and all_finite(attention[b, :n])):
                 # the bag was not scanned before the run: find out now whether its features are to blame
-                bad = int(np.size(bag[FEATURES]) - np.isfinite(bag[FEATURES]).sum())
+                count = nonfinite_count(bag[FEATURES])
                 stats.add(failed=1)
                 predictions.append(BagPrediction(index, bag["name"], error=(
-                    f"features hold {bad} NaN/inf values" if bad else "the model returned NaN/inf for this bag"
+                    _nonfinite_error(count) if count else "the model returned NaN/inf for this bag"
                 )))
                 continue
             predictions.append(self._prediction(index, bag, logits[b], attention[b, :n]))
@@ -527,6 +557,15 @@ def all_finite(array: np.ndarray) -> bool:
         if np.isfinite(np.add.reduce(array, axis=None)):
             return True
     return bool(np.isfinite(array).all())
+
+
+def nonfinite_count(array: np.ndarray) -> int:
+    """How many elements of a floating-point array are NaN or +-inf (exact; one pass and a bool temporary)."""
+    return int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+
+
+def _nonfinite_error(count: int) -> str:
+    return f"features hold {count} NaN/inf values"
 
 
 def _bag_name(bag: Any, index: int) -> str:

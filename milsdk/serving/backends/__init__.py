@@ -27,6 +27,9 @@ class Backend(Protocol):
 
     info: ModelInfo
     max_batch_size: int | None
+    #: optional (absent = False): ``run`` also returns ``features_check`` (B,), finite when the bag's features
+    #: are (:mod:`milsdk.serving.backends.features_check`), so the client does not scan bags before a run
+    checks_features: bool
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one padded batch.
@@ -36,7 +39,8 @@ class Backend(Protocol):
                 bool, and ``coords`` / ``edge_index`` / ``edge_weight`` where the model takes them.
 
         Returns:
-            ``logits`` (B, C) float32 and ``attention`` (B, N) float32.
+            ``logits`` (B, C) float32 and ``attention`` (B, N) float32; and ``features_check`` (B,) float32
+            when ``checks_features``.
         """
         ...
 
