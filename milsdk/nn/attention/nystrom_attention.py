@@ -17,16 +17,19 @@ def _masked_softmax_last(
 ) -> torch.Tensor:
     """Softmax over the last axis restricted to ``keep_cols``, with the rows outside ``keep_rows`` set to 0.
 
-    Masked scores are filled with the finite float32 minimum (never -inf), so no row can produce NaN; callers
-    pass ``keep_rows`` False for every row that has no kept column (its softmax would be uniform). The float32
-    extreme is a literal because TorchScript has no torch.finfo; scores are float32 or float64 here.
+    Masked scores get -1e30 added (never -inf), so no row can produce NaN; callers pass ``keep_rows`` False for
+    every row that has no kept column (its softmax would be uniform). The result is that of filling the masked
+    scores with a minimum: a kept score gains exactly 0, a masked one's exp underflows to exactly 0 (any score
+    below 1e23 in size). Adding a (..., 1, C) bias instead of a ``Where`` over the (..., R, C) scores: the same
+    bytes, but onnxruntime's broadcast Add runs 3x faster than its Where (1.6 vs 4.4 ms on (1, 4, 256, 4097);
+    four such fills were 9% of TransMIL's run at 4,000 instances). Scores are float32 or float64 here.
 
     Args:
         scores: (..., R, C).
         keep_cols: bool, broadcastable to scores, True = column takes part.
         keep_rows: bool, broadcastable to scores (size 1 on the last axis), True = row kept.
     """
-    weights = torch.softmax(scores.masked_fill(~keep_cols, -3.4028234663852886e38), dim=-1)
+    weights = torch.softmax(scores + (~keep_cols).to(scores.dtype) * -1e30, dim=-1)
     return weights * keep_rows.to(weights.dtype)
 
 
@@ -217,7 +220,10 @@ class NystromAttention(torch.nn.Module):
         x_land = (assign / divisor).transpose(1, 2) @ x  # (B, m, in_dim)
 
         if self.qkv is not None:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            # three products on row blocks of the weight, not one product chunked: a (L, 3 * att_dim) output
+            # split in three is three more copies of (L, att_dim) in an exported graph (onnxruntime's Split)
+            weight, a = self.qkv.weight, self.att_dim
+            q, k, v = F.linear(x, weight[:a]), F.linear(x, weight[a : 2 * a]), F.linear(x, weight[2 * a :])
             q_land, k_land = F.linear(x_land, self.qkv.weight[: 2 * self.att_dim]).chunk(2, dim=-1)
         else:
             q, k, v = x, x, x
