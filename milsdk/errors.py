@@ -3,7 +3,8 @@
 Every error raised at a boundary (dataset, checkpoint, export, client, CLI) is a ``MILSDKError`` whose message is
 one line naming the input and what is wrong. Subclasses also derive from the builtin a caller would expect
 (``ValueError`` for bad input, ``FileNotFoundError`` for missing files, ``ConnectionError`` for servers), so code
-written against the builtins keeps working.
+written against the builtins keeps working. :func:`first_line` reduces a third-party exception (a runtime's
+multi-page trace) to the one line such a message quotes.
 """
 
 
@@ -81,3 +82,21 @@ class TrainingInterrupted(MILSDKError):
     def __init__(self, message: str, checkpoint: object | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first non-blank line of an exception's message, stripped; the type name when the message is blank.
+
+    Args:
+        exc: the exception, e.g. onnxruntime's or torch.onnx's, whose message runs over many lines.
+        with_type: prefix the type name (``"KeyError: 'x'"``): for exporter errors, whose message alone
+            (``'x'``) does not say what went wrong.
+
+    Returns:
+        one line, never empty: ``"bad value"`` (``"ValueError: bad value"`` with ``with_type``), or
+        ``"ValueError"`` for a blank message.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return f"{type(exc).__name__}: {line.strip()}" if with_type else line.strip()
+    return type(exc).__name__

@@ -19,11 +19,11 @@ import onnx
 import torch
 
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
-from milsdk.errors import ExportError, ModelConfigError
+from milsdk.errors import ExportError, ModelConfigError, first_line
 from milsdk.export.files import atomic_write
 from milsdk.export.onnx_file import load_onnx, onnx_signature, read_onnx_info
 from milsdk.export.quantize import quantize_int8
-from milsdk.export.quiet import first_line, quiet_exporter
+from milsdk.export.quiet import quiet_exporter
 from milsdk.export.signature import (
     DeploymentModule,
     dynamic_shapes,
@@ -179,7 +179,9 @@ def export_onnx(
                 optimize=True,
             )
         except Exception as exc:
-            raise ExportError(f"{info.model_name}: torch.onnx.export failed: {first_line(exc)}") from exc
+            raise ExportError(
+                f"{info.model_name}: torch.onnx.export failed: {first_line(exc, with_type=True)}"
+            ) from exc
     if program is None:
         raise ExportError(f"{info.model_name}: torch.onnx.export returned no program")
     proto = program.model_proto
@@ -200,10 +202,10 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(
-            f"{info.model_name}: the exported ONNX model is invalid: {first_line(exc)}"
+            f"{info.model_name}: the exported ONNX model is invalid: {first_line(exc, with_type=True)}"
         ) from exc
     try:
         atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     except ValueError as exc:  # protobuf's 2 GB limit
-        raise ExportError(f"{path}: cannot save the ONNX model: {first_line(exc)}") from exc
+        raise ExportError(f"{path}: cannot save the ONNX model: {first_line(exc, with_type=True)}") from exc
     return path

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from milsdk.contract import METADATA_KEY, ModelInfo
-from milsdk.errors import ArtifactError
-from milsdk.export.quiet import first_line
+from milsdk.errors import ArtifactError, first_line
 from milsdk.export.spec import TensorSpec
 from milsdk.utils.onnx_external_data import check_external_data
 
@@ -87,7 +86,8 @@ def load_onnx(path: str | os.PathLike) -> Any:
     try:
         return onnx.load_model(str(path))
     except Exception as exc:  # noqa: BLE001 - onnx raises anything on a foreign file
-        raise ArtifactError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+        message = first_line(exc, with_type=True)
+        raise ArtifactError(f"{path}: not a readable ONNX model ({message})") from None
 
 
 def _ort_spec(arg: Any) -> TensorSpec:
@@ -126,7 +126,8 @@ def _read_with_onnxruntime(path: Path) -> tuple[list[TensorSpec], list[TensorSpe
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types on a foreign file
-        raise ArtifactError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+        message = first_line(exc, with_type=True)
+        raise ArtifactError(f"{path}: not a readable ONNX model ({message})") from None
     info = _info(dict(session.get_modelmeta().custom_metadata_map), str(path))
     opset = info.extra.get("export", {}).get("opset")
     return (

@@ -28,8 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from milsdk.errors import ExportError
-from milsdk.export.quiet import first_line
+from milsdk.errors import ExportError, first_line
 
 __all__ = ["fold_transposed_weights", "quantize_int8"]
 
@@ -91,7 +90,7 @@ def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
                 extra_options={"MatMulConstBOnly": True},
             )
         except Exception as exc:
-            raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from exc
+            raise ExportError(f"int8 quantisation failed: {first_line(exc, with_type=True)}") from exc
         finally:
             root.setLevel(level)
         quantized = onnx.load_model(dst)

@@ -1,5 +1,5 @@
-"""Keep the third-party exporters quiet: silence their progress prints and warnings, and reduce their
-multi-page errors to the one line a milsdk error carries."""
+"""Keep the third-party exporters quiet: silence their progress prints and warnings (their multi-page errors
+are reduced to one line by :func:`milsdk.errors.first_line`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["first_line", "quiet_exporter"]
+__all__ = ["quiet_exporter"]
 
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch.jit")
 
@@ -27,11 +27,3 @@ def quiet_exporter() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def first_line(exc: BaseException) -> str:
-    """``ExceptionType: first non-empty line of the message``."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return f"{type(exc).__name__}: {line.strip()}"
-    return type(exc).__name__

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from milsdk.contract import METADATA_KEY, ModelInfo
-from milsdk.errors import ArtifactError, ExportError
+from milsdk.errors import ArtifactError, ExportError, first_line
 from milsdk.export.files import atomic_write
-from milsdk.export.quiet import first_line, quiet_exporter
+from milsdk.export.quiet import quiet_exporter
 from milsdk.export.signature import DeploymentModule, example_inputs, model_info, with_export_details
 
 __all__ = ["TRACE_CHECK_SIZES", "export_torchscript", "read_torchscript_info"]
@@ -47,7 +47,7 @@ def _check_trace(traced: torch.jit.ScriptModule, module: DeploymentModule, featu
                 got = traced(*args)
                 want = module(*args)
         except Exception as exc:  # noqa: BLE001 - a failing size is a finding, whatever it raises
-            return f"at batch={batch}, N={n} it fails: {first_line(exc)}"
+            return f"at batch={batch}, N={n} it fails: {first_line(exc, with_type=True)}"
         for name, g, w in zip(("logits", "attention"), got, want):
             if g.shape != w.shape:
                 return f"at batch={batch}, N={n} {name} has shape {tuple(g.shape)}, eager {tuple(w.shape)}"
@@ -109,7 +109,7 @@ def export_torchscript(
             except Exception as trace_exc:
                 raise ExportError(
                     f"{base.model_name}: torch.jit.script failed ({script_error}) and so did tracing "
-                    f"({first_line(trace_exc)})"
+                    f"({first_line(trace_exc, with_type=True)})"
                 ) from trace_exc
             mismatch = _check_trace(compiled, module, features_dtype)
             if mismatch is not None:

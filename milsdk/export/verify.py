@@ -37,11 +37,11 @@ import torch
 
 from milsdk._version import __version__
 from milsdk.contract import MASK, ModelInfo, input_kind
-from milsdk.errors import ArtifactError
+from milsdk.errors import ArtifactError, first_line
 from milsdk.export.artifact import artifact_format, read_model_info
 from milsdk.export.bags import random_batch
 from milsdk.export.files import atomic_write
-from milsdk.export.quiet import first_line, quiet_exporter
+from milsdk.export.quiet import quiet_exporter
 from milsdk.export.signature import DeploymentModule
 
 __all__ = [
@@ -344,7 +344,8 @@ def _onnx_runner(path: Path) -> Runner:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot load it, whatever it raises
-        raise ArtifactError(f"{path}: onnxruntime cannot load it on the CPU: {first_line(exc)}") from None
+        message = first_line(exc, with_type=True)
+        raise ArtifactError(f"{path}: onnxruntime cannot load it on the CPU: {message}") from None
     dtypes = {i.name: np.float16 if i.type == "tensor(float16)" else None for i in session.get_inputs()}
     run_options = ort.RunOptions()
     # The arena grows with every new shape; the plan tries many (DESIGN.md, "Known pitfalls").
@@ -363,7 +364,8 @@ def _torchscript_runner(path: Path, input_names: list[str]) -> Runner:
         with quiet_exporter():
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - same
-        raise ArtifactError(f"{path}: torch.jit.load cannot load it: {first_line(exc)}") from None
+        message = first_line(exc, with_type=True)
+        raise ArtifactError(f"{path}: torch.jit.load cannot load it: {message}") from None
     module.eval()
 
     def run(inputs: Arrays) -> tuple[np.ndarray, np.ndarray]:
@@ -504,7 +506,7 @@ def verify_export(
         try:
             (logits, attention), row["artifact_ms"] = _timed(run, inputs)
         except Exception as exc:  # noqa: BLE001 - a failing batch is a finding, recorded
-            row["error"] = first_line(exc)
+            row["error"] = first_line(exc, with_type=True)
             errors.append(f"batch={case.batch} N={case.max_instances}: {row['error']}")
             continue
         (e_logits, e_attention), row["eager_ms"] = _timed(eager, inputs)
@@ -642,7 +644,7 @@ def _attention_scan(
         try:
             _, attention = run(inputs)
         except Exception as exc:  # noqa: BLE001 - a failing size is a finding, recorded
-            errors.append(f"attention scan at sizes {_sizes(lengths)}: {first_line(exc)}")
+            errors.append(f"attention scan at sizes {_sizes(lengths)}: {first_line(exc, with_type=True)}")
             bad.append(f"sizes {_sizes(lengths)} failed to run")
             continue
         for row, n in enumerate(lengths):
@@ -693,7 +695,7 @@ def _padding_probes(
                 _worst(np.abs(b_att[where, probe.n_instances :])),
             )
         except Exception as exc:  # noqa: BLE001 - a failing probe is a finding, recorded
-            row["error"] = first_line(exc)
+            row["error"] = first_line(exc, with_type=True)
             errors.append(f"padding probe {probe}: {row['error']}")
             continue
         row["logits_diff"], row["attention_diff"] = logits_diff, attention_diff

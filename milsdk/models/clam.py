@@ -165,8 +165,93 @@ def _materialise_on_first_call(model: torch.nn.Module, trigger: torch.nn.Module)
     handle = trigger.register_forward_pre_hook(hook)
 
 
+class _CLAM(MILModel):
+    """What CLAM_SB and CLAM_MB share: the constructor (the instance classifiers and their loss), forward's
+    outputs and ``compute_loss``.
+
+    A subclass implements ``_setup_bag_head(feat_dim, att_dim, att_act, gated, n_branches)``, which builds
+    its attention and bag classifier and returns the classifier (its first call sees the (..., D) embeddings,
+    which initialise a lazy model's instance classifiers), ``_pool(H, mask)`` -> (logits, attention (B, N))
+    and ``_instance_scores(H, attention)`` -> the (B, N, S) scores that choose the instance loss's instances.
+    TorchScript compiles the inherited ``forward`` against the subclass's ``_pool``.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] | None = None,
+        att_dim: int = 128,
+        att_act: str = "tanh",
+        k_sample: int = 10,
+        gated: bool = False,
+        inst_loss_name: str = "SmoothTop1SVM",
+        feat_ext: torch.nn.Module | None = None,
+        criterion: torch.nn.Module | None = None,
+        n_classes: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_k_sample(k_sample)
+        feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
+        self.k_sample = k_sample
+        n_branches = 2 if n_classes == 1 else n_classes
+        # built before the instance classifiers: the order in which a seeded model draws its initial weights
+        bag_classifier = self._setup_bag_head(feat_dim, att_dim, att_act, gated, n_branches)
+        self.inst_classifiers = torch.nn.ModuleList([LazyLinear(feat_dim, 2) for _ in range(n_branches)])
+        self.inst_loss_fn = _make_inst_loss(inst_loss_name)
+        if feat_dim is None:
+            _materialise_on_first_call(self, bag_classifier)
+
+    def forward(
+        self,
+        X: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        return_att: bool = False,
+        return_emb: bool = False,
+    ) -> _Output:
+        """Bag logits.
+
+        Args:
+            X: (B, N, *in_shape) instance features.
+            mask: (B, N) True / 1 = real instance; None = all real.
+            return_att: also return the attention (B, N): CLAM_SB's attention logits f before the masked
+                softmax, CLAM_MB's mean of the branch distributions.
+            return_emb: also return the instance embeddings feat_ext(X) (B, N, D).
+
+        Returns:
+            logits (B,) for one output or (B, C); then the attention if ``return_att``, then the embeddings if
+            ``return_emb`` (the reference's order).
+        """
+        H = self.feat_ext(X)
+        logits, att = self._pool(H, mask)
+        if return_emb:
+            if return_att:
+                return logits, att, H
+            return logits, H
+        if return_att:
+            return logits, att
+        return logits
+
+    def compute_loss(
+        self, Y: torch.Tensor, X: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass, bag loss and instance loss.
+
+        Args:
+            Y: (B,) bag labels (0 / 1 for one output, class indices otherwise).
+            X: (B, N, *in_shape); mask: (B, N).
+
+        Returns:
+            logits (B,) or (B, C); {criterion name: bag loss, 'InstLoss': instance loss}.
+        """
+        logits, att, H = self(X, mask, return_att=True, return_emb=True)
+        losses = self.bag_loss(logits, Y)
+        losses["InstLoss"] = clam_instance_loss(
+            self._instance_scores(H, att), H, Y, mask, self.inst_classifiers, self.k_sample, self.inst_loss_fn
+        )
+        return logits, losses
+
+
 @register_model
-class CLAM_SB(MILModel):
+class CLAM_SB(_CLAM):
     r"""CLAM, single attention branch.
 
     Forward as ABMIL: :math:`f_i = w^\top \operatorname{act}(V h_i)` (gated optionally),
@@ -200,78 +285,22 @@ class CLAM_SB(MILModel):
 
     test_config = {"att_dim": 8, "k_sample": 2}
 
-    def __init__(
-        self,
-        in_shape: Sequence[int] | None = None,
-        att_dim: int = 128,
-        att_act: str = "tanh",
-        k_sample: int = 10,
-        gated: bool = False,
-        inst_loss_name: str = "SmoothTop1SVM",
-        feat_ext: torch.nn.Module | None = None,
-        criterion: torch.nn.Module | None = None,
-        n_classes: int = 1,
-    ) -> None:
-        super().__init__()
-        _check_k_sample(k_sample)
-        feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
-        self.k_sample = k_sample
+    def _setup_bag_head(
+        self, feat_dim: int | None, att_dim: int, att_act: str, gated: bool, n_branches: int
+    ) -> torch.nn.Module:
+        """One attention branch and a C-output classifier; returns the classifier."""
         self.pool = AttentionPool(in_dim=feat_dim, att_dim=att_dim, act=att_act, gated=gated)
-        self.classifier = LazyLinear(feat_dim, n_classes)
-        n_branches = 2 if n_classes == 1 else n_classes
-        self.inst_classifiers = torch.nn.ModuleList([LazyLinear(feat_dim, 2) for _ in range(n_branches)])
-        self.inst_loss_fn = _make_inst_loss(inst_loss_name)
-        if feat_dim is None:
-            _materialise_on_first_call(self, self.classifier)
+        self.classifier = LazyLinear(feat_dim, self.n_classes)
+        return self.classifier
 
-    def forward(
-        self,
-        X: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        return_att: bool = False,
-        return_emb: bool = False,
-    ) -> _Output:
-        """Bag logits.
-
-        Args:
-            X: (B, N, *in_shape) instance features.
-            mask: (B, N) True / 1 = real instance; None = all real.
-            return_att: also return the attention logits f (B, N), before the masked softmax.
-            return_emb: also return the instance embeddings feat_ext(X) (B, N, D).
-
-        Returns:
-            logits (B,) for one output or (B, C); then f if ``return_att``, then the embeddings if
-            ``return_emb`` (the reference's order).
-        """
-        H = self.feat_ext(X)
+    def _pool(self, H: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """H (B, N, D) -> logits (B,) or (B, C), attention logits f (B, N)."""
         z, f = self.pool.pool_with_logits(H, mask)
-        logits = self.squeeze_binary(self.classifier(z))
-        if return_emb:
-            if return_att:
-                return logits, f, H
-            return logits, H
-        if return_att:
-            return logits, f
-        return logits
+        return self.squeeze_binary(self.classifier(z)), f
 
-    def compute_loss(
-        self, Y: torch.Tensor, X: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass, bag loss and instance loss.
-
-        Args:
-            Y: (B,) bag labels (0 / 1 for one output, class indices otherwise).
-            X: (B, N, *in_shape); mask: (B, N).
-
-        Returns:
-            logits (B,) or (B, C); {criterion name: bag loss, 'InstLoss': instance loss}.
-        """
-        logits, f, H = self(X, mask, return_att=True, return_emb=True)
-        losses = self.bag_loss(logits, Y)
-        losses["InstLoss"] = clam_instance_loss(
-            f.unsqueeze(-1), H, Y, mask, self.inst_classifiers, self.k_sample, self.inst_loss_fn
-        )
-        return logits, losses
+    def _instance_scores(self, H: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """The one attention branch chooses the instances of every class: f (B, N) -> (B, N, 1)."""
+        return att.unsqueeze(-1)
 
 
 class _MultiBranchAttention(torch.nn.Module):
@@ -308,7 +337,7 @@ class _MultiBranchAttention(torch.nn.Module):
 
 
 @register_model
-class CLAM_MB(MILModel):
+class CLAM_MB(_CLAM):
     r"""CLAM, one attention branch and one bag classifier per class (the paper's multi-branch variant; not in
     the reference library).
 
@@ -327,13 +356,7 @@ class CLAM_MB(MILModel):
     argmax); ``attention_output = "weights"``. Deterministic in eval mode.
 
     Args:
-        in_shape: shape of one instance, e.g. (1024,); None = lazy (inferred at the first forward).
-        att_dim: attention hidden size.
-        att_act: 'tanh', 'relu' or 'gelu'.
-        k_sample: k of the top-k / bottom-k instances of the instance loss (>= 1).
-        gated: gated attention.
-        inst_loss_name: 'SmoothTop1SVM' or 'BCEWithLogitsLoss'.
-        feat_ext: instance feature extractor applied to X (default identity).
+        in_shape, att_dim, att_act, k_sample, gated, inst_loss_name, feat_ext: as in :class:`CLAM_SB`.
         criterion: bag loss (default CrossEntropyLoss).
         n_classes: 1 = binary (two branches, {negative, positive}, as CLAM's binary models; the single logit
             is the positive branch's logit minus the negative one's, so its sigmoid is the two-class softmax's
@@ -344,79 +367,24 @@ class CLAM_MB(MILModel):
     test_config = {"att_dim": 8, "k_sample": 2}
     test_n_classes = (1, 3)
 
-    def __init__(
-        self,
-        in_shape: Sequence[int] | None = None,
-        att_dim: int = 128,
-        att_act: str = "tanh",
-        k_sample: int = 10,
-        gated: bool = False,
-        inst_loss_name: str = "SmoothTop1SVM",
-        feat_ext: torch.nn.Module | None = None,
-        criterion: torch.nn.Module | None = None,
-        n_classes: int = 1,
-    ) -> None:
-        super().__init__()
-        _check_k_sample(k_sample)
-        feat_dim = self.setup_head(feat_ext, in_shape, criterion, n_classes)
-        n_branches = 2 if n_classes == 1 else n_classes
-        self.k_sample = k_sample
+    def _setup_bag_head(
+        self, feat_dim: int | None, att_dim: int, att_act: str, gated: bool, n_branches: int
+    ) -> torch.nn.Module:
+        """One attention branch per class and their C bag classifiers (one linear layer); returns it."""
         self.attention = _MultiBranchAttention(feat_dim, att_dim, att_act, gated, n_branches)
         self.classifiers = LazyLinear(feat_dim, n_branches)
-        self.inst_classifiers = torch.nn.ModuleList([LazyLinear(feat_dim, 2) for _ in range(n_branches)])
-        self.inst_loss_fn = _make_inst_loss(inst_loss_name)
-        if feat_dim is None:
-            _materialise_on_first_call(self, self.classifiers)
+        return self.classifiers
 
-    def forward(
-        self,
-        X: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        return_att: bool = False,
-        return_emb: bool = False,
-    ) -> _Output:
-        """Bag logits.
-
-        Args:
-            X: (B, N, *in_shape) instance features.
-            mask: (B, N) True / 1 = real instance; None = all real.
-            return_att: also return the attention (B, N), the mean of the branch distributions.
-            return_emb: also return the instance embeddings feat_ext(X) (B, N, D).
-
-        Returns:
-            logits (B,) for binary or (B, C); then the attention if ``return_att``, then the embeddings if
-            ``return_emb``.
-        """
-        H = self.feat_ext(X)
+    def _pool(self, H: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """H (B, N, D) -> logits (B,) or (B, C), the mean of the branch distributions (B, N)."""
         a = masked_softmax(self.attention(H), mask)  # (B, N, C): one distribution per branch
         Z = torch.bmm(a.transpose(1, 2), H)  # (B, C, D): z_c per branch
         logits = torch.diagonal(self.classifiers(Z), dim1=1, dim2=2)  # logit_c = u_c . z_c + b_c
         if self.n_classes == 1:
             logits = logits[:, 1] - logits[:, 0]
-        if return_emb:
-            if return_att:
-                return logits, a.mean(dim=-1), H
-            return logits, H
-        if return_att:
-            return logits, a.mean(dim=-1)
-        return logits
+        return logits, a.mean(dim=-1)
 
-    def compute_loss(
-        self, Y: torch.Tensor, X: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass, bag loss and instance loss.
-
-        Args:
-            Y: (B,) class indices; X: (B, N, *in_shape); mask: (B, N).
-
-        Returns:
-            logits (B, C); {criterion name: bag loss, 'InstLoss': instance loss}.
-        """
-        logits, H = self(X, mask, return_emb=True)
+    def _instance_scores(self, H: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Class c's instances are chosen by branch c's scores: H (B, N, D) -> (B, N, C)."""
         with torch.no_grad():  # the scores only choose instances (sorting has no gradient)
-            f = self.attention(H)
-        losses = self.bag_loss(logits, Y)
-        losses["InstLoss"] = clam_instance_loss(
-            f, H, Y, mask, self.inst_classifiers, self.k_sample, self.inst_loss_fn
-        )
-        return logits, losses
+            return self.attention(H)

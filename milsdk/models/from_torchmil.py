@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from milsdk.errors import CheckpointError, ModelConfigError
+from milsdk.errors import CheckpointError, ModelConfigError, first_line
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import get_model_class
 
@@ -281,9 +281,11 @@ def load_torchmil_state_dict(source: str | os.PathLike | Mapping[str, Any] | tor
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=False)
             except Exception as exc2:
-                raise CheckpointError(f"torchmil checkpoint {path}: cannot be read: {_first_line(exc2)}") from exc2
+                raise CheckpointError(
+                    f"torchmil checkpoint {path}: cannot be read: {first_line(exc2)}"
+                ) from exc2
         except Exception as exc:
-            raise CheckpointError(f"torchmil checkpoint {path}: cannot be read: {_first_line(exc)}") from exc
+            raise CheckpointError(f"torchmil checkpoint {path}: cannot be read: {first_line(exc)}") from exc
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
@@ -294,11 +296,6 @@ def load_torchmil_state_dict(source: str | os.PathLike | Mapping[str, Any] | tor
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"torchmil checkpoint {where}: not a state_dict (a mapping of names to tensors)")
     return {str(k): v for k, v in obj.items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _milsdk_key(key: str, spec: _Spec) -> str:
@@ -368,7 +365,7 @@ def from_torchmil(source: str | os.PathLike | Mapping[str, Any] | torch.nn.Modul
         target = cls(**config)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ModelConfigError(f"torchmil {model}: cannot build the milsdk model from {config}: "
-                               f"{_first_line(exc)}") from exc
+                               f"{first_line(exc)}") from exc
 
     expected = {k: v for k, v in target.state_dict().items() if not k.startswith("criterion.")}
     for new, value in mapped.items():

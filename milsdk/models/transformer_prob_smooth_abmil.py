@@ -4,23 +4,21 @@ al., 2025, "Probabilistic smooth attention for deep multiple instance learning i
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
 from milsdk.errors import ModelConfigError
-from milsdk.models.mil_model import MILModel
+from milsdk.models.prob_smooth_model import ProbSmoothMILModel
 from milsdk.models.registry import register_model
-from milsdk.nn.attention import ProbSmoothAttentionPool
 from milsdk.nn.transformers import TransformerEncoder
 
 __all__ = ["TransformerProbSmoothABMIL"]
 
 
 @register_model
-class TransformerProbSmoothABMIL(MILModel):
+class TransformerProbSmoothABMIL(ProbSmoothMILModel):
     r"""Transformer encoder + probabilistic smooth attention pooling.
 
     .. math::
@@ -69,8 +67,6 @@ class TransformerProbSmoothABMIL(MILModel):
         n_classes: number of outputs (1 = binary, logits (B,); C > 1 = logits (B, C)).
     """
 
-    attention_output = "logits"
-    extra_inputs = ()
     test_config = {
         "pool_att_dim": 8,
         "n_samples_train": 4,
@@ -118,136 +114,12 @@ class TransformerProbSmoothABMIL(MILModel):
             add_self=transf_add_self,
             dropout=transf_dropout,
         )
-        try:
-            self.pool = ProbSmoothAttentionPool(
-                in_dim=feat_dim,
-                att_dim=pool_att_dim,
-                covar_mode=covar_mode,
-                n_samples_train=n_samples_train,
-                n_samples_test=n_samples_test,
-            )
-        except ValueError as exc:
-            raise ModelConfigError(f"TransformerProbSmoothABMIL: {exc}") from exc
+        self.setup_pool(feat_dim, pool_att_dim, covar_mode, n_samples_train, n_samples_test)
         self.classifier = torch.nn.Linear(feat_dim, n_classes)
 
-    def forward(
-        self,
-        X: torch.Tensor,
-        mask: Optional[torch.Tensor] = None,
-        adj: Optional[torch.Tensor] = None,
-        return_att: bool = False,
-        return_samples: bool = False,
-        return_kl_div: bool = False,
-        n_samples: Optional[int] = None,
-        edge_index: Optional[torch.Tensor] = None,
-        edge_weight: Optional[torch.Tensor] = None,
-    ) -> (
-        torch.Tensor
-        | tuple[torch.Tensor, torch.Tensor]
-        | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    ):
-        """Bag logits.
-
-        Args:
-            X: (B, N, *in_shape) instance features.
-            mask: (B, N) True / 1 = real instance (bool or uint8); None = all real.
-            adj: (B, N, N) dense or sparse adjacency, used only with ``return_kl_div``.
-            return_att: also return the attention logits.
-            return_samples: return one output per attention sample instead of their mean.
-            return_kl_div: also return the smoothness term (a scalar).
-            n_samples: attention samples; None = ``n_samples_train`` in training, the mean in eval.
-            edge_index: (B, 2, E) int64, edge_weight: (B, E): the graph as an edge list (instead of adj).
-
-        Returns:
-            logits (B,) or (B, C), or per sample (B, S) or (B, S, C) with ``return_samples``; with
-            ``return_att`` also the attention logits (B, N), or (B, N, S) with ``return_samples``; with
-            ``return_kl_div`` the smoothness term last.
-        """
-        if mask is not None and mask.dim() != 2:
-            raise ValueError(
-                "mask must be (B, N); the arguments are (X, mask, adj, ...): pass adj=... by keyword"
-            )
+    def _instances(self, X: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The instance embeddings the pool attends over: the encoder over feat_ext(X) (B, N, D)."""
         H = self.transformer_encoder(self.feat_ext(X), mask)
         # forward without return_att gives a tensor (TorchScript refinement)
         assert isinstance(H, torch.Tensor)
-        z, f, mu_f, log_diag_Sigma_f = self.pool.pool_samples(H, mask, n_samples)
-        logits = self.classifier(z.transpose(1, 2))
-        if self.n_classes == 1:
-            logits = logits.squeeze(-1)
-        if not return_samples:
-            logits = logits.mean(dim=1)
-            f = f.mean(dim=-1)
-        if return_kl_div:
-            kl_div = self.pool.graph_kl_div(H, mu_f, log_diag_Sigma_f, mask, adj, edge_index, edge_weight)
-            if return_att:
-                return logits, f, kl_div
-            return logits, kl_div
-        if return_att:
-            return logits, f
-        return logits
-
-    def compute_loss(
-        self,
-        Y: torch.Tensor,
-        X: torch.Tensor,
-        adj: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        edge_index: torch.Tensor | None = None,
-        edge_weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass, the criterion on every attention sample, and the smoothness term.
-
-        Args:
-            Y: (B,) bag labels.
-            X: (B, N, *in_shape); adj: (B, N, N) dense or sparse (or the edge list ``edge_index`` (B, 2, E),
-                ``edge_weight`` (B, E)); mask: (B, N).
-
-        Returns:
-            logits (B,) or (B, C), the mean over the samples; losses ``{criterion name, 'KLDiv'}``.
-        """
-        if adj is None and edge_index is None:
-            warnings.warn(
-                "TransformerProbSmoothABMIL.compute_loss got no graph (adj or edge_index): the KLDiv term is "
-                "computed for a graph without edges",
-                stacklevel=2,
-            )
-        out = self(
-            X,
-            mask=mask,
-            adj=adj,
-            return_samples=True,
-            return_kl_div=True,
-            edge_index=edge_index,
-            edge_weight=edge_weight,
-        )
-        samples, kl_div = out[0], out[-1]
-        n_samples = samples.shape[1]
-        flat = samples.reshape((-1,) + tuple(samples.shape[2:]))
-        losses = self.bag_loss(flat, Y.reshape(-1).repeat_interleave(n_samples))
-        losses["KLDiv"] = kl_div
-        return samples.mean(dim=1), losses
-
-    @torch.no_grad()
-    def predict(
-        self,
-        X: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        return_inst_pred: bool = True,
-        return_samples: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Bag logits and, with ``return_inst_pred``, the attention logits as instance scores.
-
-        Args:
-            X: (B, N, *in_shape); mask: (B, N).
-            return_inst_pred: also return the instance scores.
-            return_samples: per-sample outputs, from ``n_samples_test`` random samples in eval mode
-                (``n_samples_train`` in training mode).
-
-        Returns:
-            logits (B,) or (B, C) ((B, S) or (B, S, C) with ``return_samples``); with ``return_inst_pred``
-            also (B, N) ((B, N, S)).
-        """
-        n_samples = self.pool.n_samples_test if return_samples and not self.training else None
-        return self(
-            X, mask=mask, return_att=return_inst_pred, return_samples=return_samples, n_samples=n_samples
-        )
+        return H

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from milsdk.contract import ModelInfo
-from milsdk.errors import ArtifactError
+from milsdk.errors import ArtifactError, first_line
 
+# first_line is milsdk.errors.first_line, re-exported: the onnxruntime backend imports it from here
 __all__ = ["Backend", "open_artifact", "first_line"]
 
 
@@ -71,9 +72,3 @@ def open_artifact(path: str | Path, **options: Any) -> Backend:
 
         return TorchScriptBackend(path, **options)
     raise ArtifactError(f"{path}: unknown artifact type {suffix!r}, expected .onnx or .pt")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (runtimes raise multi-line traces), or its type name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
-from milsdk.errors import ArtifactError, ServingError
-from milsdk.serving.backends import first_line
+from milsdk.errors import ArtifactError, ServingError, first_line
 
 __all__ = ["TorchScriptBackend"]
 

@@ -29,8 +29,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo, input_shape_error
-from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError
-from milsdk.serving.backends import first_line
+from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError, first_line
 
 __all__ = ["API_KEY_ENV", "API_KEY_HEADER", "TritonBackend", "api_key_headers", "parse_triton_url"]
 
@@ -342,11 +341,11 @@ class TritonBackend:
             # the connection failed, or broke mid-response (http.client's HTTPException family, which
             # geventhttpclient's "Incomplete response" HTTPParseError belongs to): the request is worth resending
             if isinstance(exc, (OSError, EOFError, HTTPException)) or "connection" in type(exc).__name__.lower():
-                return ServerUnavailableError(f"{what}: {type(exc).__name__}: {first_line(exc)}")
+                return ServerUnavailableError(f"{what}: {first_line(exc, with_type=True)}")
             hint = ""
             if "array of size 0" in str(exc):
                 hint = " (empty outputs: is the server's Python backend running under numpy 2? it needs numpy<2)"
-            return ServingError(f"{what}: {type(exc).__name__}: {first_line(exc)}{hint}")
+            return ServingError(f"{what}: {first_line(exc, with_type=True)}{hint}")
         message = f"{what}: {first_line(exc)}"
         if str(exc.status()) == "StatusCode.DEADLINE_EXCEEDED":
             return ServerUnavailableError(f"{what}: no answer within the request timeout of {self.timeout_s:g} s")
