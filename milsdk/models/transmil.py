@@ -124,6 +124,9 @@ class TransMIL(MILModel):
         self.pos_layer = PPEG(att_dim)
         self.norm = torch.nn.LayerNorm(att_dim)
         self.classifier = torch.nn.Linear(att_dim, n_classes)
+        #: most tokens per chunk of the Nystrom layers' attention (NystromAttention.forward_chunked): a 100,000-
+        #: instance bag never holds a whole (tokens x landmarks) kernel
+        self.chunk_size = 4096
 
     def _forward(
         self, X: torch.Tensor, mask: torch.Tensor | None, need_att: bool
@@ -154,11 +157,12 @@ class TransMIL(MILModel):
         seq_mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=device), valid], dim=1)
 
         last = len(self.layers) - 1
+        bound = 2 * N + 2  # >= 1 + S * S, S = ceil(sqrt(N)): the chunk count from a size, not from data
         cls_row = seq.new_zeros(0)
         for i, layer in enumerate(self.layers):
             if need_att and i == last:
                 cls_row = layer.att.exact_attention_row(layer.norm1(layer.in_proj(seq)), seq_mask)  # (B, h, 1+S*S)
-            seq, _ = layer.forward_att(seq, seq_mask)
+            seq = layer.forward_chunked(seq, seq_mask, self.chunk_size, bound)
             if i == 0:
                 seq = torch.cat([seq[:, :1], self.pos_layer(seq[:, 1:], side)], dim=1)
         logits = self.squeeze_binary(self.classifier(self.norm(seq[:, 0])))

@@ -353,14 +353,14 @@ def test_transmil_nystrom_attention_row_equals_torchmil(monkeypatch):
     reference, model = _transmil_pair(CASES["TransMIL"][0])
     last = model.layers[-1].att
     factors = []
-    forward_att = last.forward_att
+    forward_chunked = last.forward_chunked
 
-    def keep_factors(x, mask=None):
-        y, att = forward_att(x, mask)
-        factors.append(att)
-        return y, att
+    def keep_factors(x, mask=None, chunk_size=4096, length_bound=0):
+        # the model runs the chunked form; its factors are those of the unchunked one on the same tokens
+        factors.append(last.forward_att(x, mask)[1])
+        return forward_chunked(x, mask, chunk_size, length_bound)
 
-    monkeypatch.setattr(last, "forward_att", keep_factors)
+    monkeypatch.setattr(last, "forward_chunked", keep_factors)
     gen = torch.Generator().manual_seed(5)
     for n in (1, 3, 9, 37, 500):
         bag = _bag(n, gen)

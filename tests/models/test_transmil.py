@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from milsdk.errors import ModelConfigError
+from milsdk.export import DeploymentModule, export_onnx
 from milsdk.models import MILModelWrapper, TransMIL, create_model
 
 JIT_DEPRECATED = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
@@ -202,42 +203,20 @@ def test_torchscript_matches_eager_at_other_sizes():
             assert (scripted(X, mask.to(torch.uint8)) - ref_logits).abs().max() <= 1e-5
 
 
-class _Deployed(torch.nn.Module):
-    """The deployment signature (features, mask) -> (logits, attention), as the exporter wraps models."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, features, mask):
-        logits, att = self.model(features, mask, return_att=True)
-        return logits, att
-
-
 @pytest.fixture(scope="module")
-def default_onnx():
-    """The default TransMIL (att_dim 512, 256 landmarks) at D=1024, exported once at B=2, N=37."""
+def default_onnx(tmp_path_factory):
+    """The default TransMIL (att_dim 512, 256 landmarks) at D=1024, exported once by milsdk at B=2, N=37."""
     torch.manual_seed(0)
     model = TransMIL(in_shape=(1024,)).eval()
-    B, N = torch.export.Dim("B", min=1, max=4096), torch.export.Dim("N", min=1, max=1_000_000)
-    example_mask = torch.ones(2, 37, dtype=torch.bool)
-    example_mask[1, 20:] = False
-    program = torch.onnx.export(
-        _Deployed(model),
-        (torch.randn(2, 37, 1024), example_mask),
-        dynamic_shapes={"features": {0: B, 1: N}, "mask": {0: B, 1: N}},
-        dynamo=True,
-        verbose=False,
-    )
-    onnx_bytes = program.model_proto.SerializeToString()
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    path = export_onnx(model, tmp_path_factory.mktemp("transmil") / "model.onnx", example_instances=37)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return model, session
 
 
 @pytest.mark.filterwarnings("ignore")
 def test_onnx_export_is_right_at_other_batch_and_bag_sizes(default_onnx):
     model, session = default_onnx
-    assert [i.shape for i in session.get_inputs()] == [["B", "N", 1024], ["B", "N"]]
+    assert [i.shape for i in session.get_inputs()] == [["batch", "n_instances", 1024], ["batch", "n_instances"]]
     rng = np.random.default_rng(0)
     for B in (1, 3):
         for N in (1, 5, 64, 1000, 5000):
@@ -245,11 +224,11 @@ def test_onnx_export_is_right_at_other_batch_and_bag_sizes(default_onnx):
             mask = np.zeros((B, N), dtype=bool)
             for b, n in enumerate([N, max(1, N // 3), max(1, N // 7)][:B]):  # mixed padding
                 mask[b, :n] = True
-            logits, att = session.run(None, {"features": features, "mask": mask})
+            logits, att = session.run(["logits", "attention"], {"features": features, "mask": mask})
             with torch.no_grad():
                 X, keep = torch.from_numpy(features), torch.from_numpy(mask)
-                ref_logits, ref_att = model(X, keep, return_att=True)
-            assert logits.shape == (B,) and att.shape == (B, N)
+                ref_logits, ref_att = DeploymentModule(model)(X, keep)
+            assert logits.shape == (B, 1) and att.shape == (B, N)
             assert np.abs(logits - ref_logits.numpy()).max() <= 1e-4, (B, N)
             assert np.abs(att - ref_att.numpy()).max() <= 1e-4, (B, N)
 

@@ -257,3 +257,67 @@ def test_pinv_shared_over_heads_equals_torchmil_for_one_bag():
     ours = moore_penrose_iter_pinv(x, 2, shared_axes=1)
     assert torch.allclose(ours, reference(x.float(), 2).double(), atol=1e-6)
     assert not torch.allclose(ours, moore_penrose_iter_pinv(x, 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("landmarks", ["segments", "torchmil"])
+@pytest.mark.parametrize("length, chunk_size", [(1, 4), (5, 4), (50, 16), (50, 4096), (301, 64), (300, 7)])
+def test_chunked_equals_unchunked(landmarks, length, chunk_size):
+    torch.manual_seed(0)
+    att = NystromAttention(32, att_dim=32, n_heads=4, n_landmarks=8, landmarks=landmarks).eval()
+    x = torch.randn(3, length, 32)
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[1, length // 2 + 1 :] = False  # padding at the end
+    mask[2, ::3] = length == 1  # holes (a one-token bag keeps its token)
+    with torch.no_grad():
+        expected = att(x, mask)
+        got = att.forward_chunked(x, mask, chunk_size)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-6
+    assert (got[~mask] == 0).all()  # padded positions are exactly 0, as unchunked
+
+
+def test_chunked_with_a_length_bound_from_the_caller_is_the_same():
+    """TransMIL passes a bound of its (data-dependent) sequence length; the chunking changes, the result not."""
+    torch.manual_seed(1)
+    att = NystromAttention(16, att_dim=16, n_heads=2, n_landmarks=4).eval()
+    x, mask = torch.randn(2, 70, 16), torch.ones(2, 70, dtype=torch.bool)
+    mask[0, 33:] = False
+    with torch.no_grad():
+        a = att.forward_chunked(x, mask, chunk_size=8)
+        b = att.forward_chunked(x, mask, chunk_size=8, length_bound=500)  # 64 chunks of 2 tokens
+    assert (a - att(x, mask)).abs().max() <= 1e-6 and (b - a).abs().max() <= 1e-6
+
+
+def test_chunked_scripts_and_exports_as_one_graph_for_every_length(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(2)
+    att = NystromAttention(16, att_dim=16, n_heads=2, n_landmarks=4).eval()
+
+    class Chunked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.att = att
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.att.forward_chunked(x, mask, 8)
+
+    x, mask = torch.randn(2, 20, 16), torch.ones(2, 20, dtype=torch.bool)
+    scripted = torch.jit.script(Chunked())
+    B, L = torch.export.Dim("B"), torch.export.Dim("L", min=2)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            Chunked(), (x, mask), dynamo=True, dynamic_shapes=({0: B, 1: L}, {0: B, 1: L}), verbose=False
+        )
+    assert any(node.op_type == "Scan" for node in program.model_proto.graph.node)  # a loop, not unrolled
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for length in (1, 8, 9, 100):  # one chunk, exactly one, two, many: the same artifact
+        x, mask = torch.randn(2, length, 16), torch.ones(2, length, dtype=torch.bool)
+        mask[1, length // 2 + 1 :] = False
+        with torch.no_grad():
+            expected = att(x, mask)
+            assert (scripted(x, mask) - expected).abs().max() <= 1e-6
+        got = session.run(None, dict(zip(names, [x.numpy(), mask.numpy()])))[0]
+        assert np.abs(got - expected.numpy()).max() <= 1e-5, length

@@ -181,14 +181,21 @@ class NystromAttention(torch.nn.Module):
         B, L = t.shape[0], t.shape[1]
         return t.reshape(B, L, self.n_heads, self.head_dim).transpose(1, 2).to(work_dtype)
 
-    def forward_att(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``forward(x, mask, return_att=True)`` with one fixed return type (what TorchScript callers use)."""
-        B, L = x.shape[0], x.shape[1]
-        keep = as_bool_mask(mask, x)
-        work_dtype = torch.promote_types(x.dtype, torch.float32)
+    def _landmark_plan(
+        self, keep: torch.Tensor, x: torch.Tensor, all_slots: bool = False
+    ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Which landmark each token pools into, from the mask alone (O(B L) integers).
 
+        ``all_slots``: m = n_landmarks even when L is smaller (the slots past a bag's tokens are masked, so the
+        result is the same to rounding); a loop over chunks needs its carried shapes known from the weights.
+
+        Returns:
+            m (the landmark slots), segment (B, L) slot of each token (-1 = padding, in no segment), divisor
+            (B, 1, 1) of the window sums for ``"torchmil"`` (ones for ``"segments"``, whose divisor is each
+            segment's size), has_landmark (B, m) bool, n_front (B, 1) torchmil's zero tokens in front (0 for
+            ``"segments"``).
+        """
+        B, L = keep.shape[0], keep.shape[1]
         real = keep.to(torch.long)
         n_real = real.sum(dim=1, keepdim=True)  # (B, 1)
         rank = real.cumsum(dim=1) - 1  # (B, L)
@@ -204,13 +211,23 @@ class NystromAttention(torch.nn.Module):
             has_landmark = (n_real > 0).expand(B, m)  # (B, m): every window, also all-zero ones
         else:
             # Landmark segments of each bag's own real tokens: rank r -> floor(r * m_b / n_b).
-            m = _landmark_count(self.n_landmarks, L)
+            m = self.n_landmarks if all_slots else _landmark_count(self.n_landmarks, L)
             m_b = n_real.clamp(max=m)
             segment = torch.div(rank * m_b, n_real.clamp_min(1), rounding_mode="floor")
             n_front = torch.zeros_like(n_real)
             divisor = torch.ones(1, 1, 1, dtype=x.dtype, device=x.device)
             has_landmark = torch.arange(m, device=x.device).unsqueeze(0) < m_b  # (B, m)
         segment = torch.where(keep, segment, torch.full_like(segment, -1))  # padding -> no segment
+        return m, segment, divisor, has_landmark, n_front
+
+    def forward_att(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``forward(x, mask, return_att=True)`` with one fixed return type (what TorchScript callers use)."""
+        B, L = x.shape[0], x.shape[1]
+        keep = as_bool_mask(mask, x)
+        work_dtype = torch.promote_types(x.dtype, torch.float32)
+        m, segment, divisor, has_landmark, n_front = self._landmark_plan(keep, x)
         slots = torch.arange(m, device=x.device)
         assign = (segment.unsqueeze(-1) == slots).to(x.dtype)  # (B, L, m) one-hot, padding rows all 0
         if self.landmarks != "torchmil":
@@ -255,13 +272,213 @@ class NystromAttention(torch.nn.Module):
         # The iteration multiplies the m x m kernel by itself ~18 times: in float32 an ill-conditioned kernel (an
         # untrained or a trained model alike) amplifies rounding so that two runtimes' GEMM kernels disagree by
         # 1e-4 on the logits. In float64 (m <= n_landmarks, so O(m^3) and cheap) they agree to float32 rounding.
-        shared = 1 if self.landmarks == "torchmil" else 0
-        kernel2_pinv = moore_penrose_iter_pinv(kernel2.double(), self.pinv_iterations, shared).to(work_dtype)
+        kernel2_pinv = self._pinv(kernel2, work_dtype)
 
         out = kernel1 @ (kernel2_pinv @ (kernel3 @ v))  # (B, h, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.att_dim).to(x.dtype)
         y = self.out_proj(out) * keep.unsqueeze(-1).to(x.dtype)
         return y, (kernel1, kernel2_pinv, kernel3)
+
+    def _pinv(self, kernel2: torch.Tensor, work_dtype: torch.dtype) -> torch.Tensor:
+        """The pseudo-inverse of kernel2 (B, h, m, m), computed in float64."""
+        # The iteration multiplies the m x m kernel by itself ~18 times: in float32 an ill-conditioned kernel (an
+        # untrained or a trained model alike) amplifies rounding so that two runtimes' GEMM kernels disagree by
+        # 1e-4 on the logits. In float64 (m <= n_landmarks, so O(m^3) and cheap) they agree to float32 rounding.
+        shared = 1 if self.landmarks == "torchmil" else 0
+        return moore_penrose_iter_pinv(kernel2.double(), self.pinv_iterations, shared).to(work_dtype)
+
+    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """q (part 0), k (1) or v (2) of tokens x (B, C, in_dim): (B, C, att_dim)."""
+        if self.qkv is None:
+            return x
+        a = self.att_dim
+        return F.linear(x, self.qkv.weight[part * a : (part + 1) * a])
+
+    def forward_chunked(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0
+    ) -> torch.Tensor:
+        r"""``forward(x, mask)`` in O(chunk_size · m) working memory per head instead of O(L · m).
+
+        The same attention, taken over chunks of at most ``chunk_size`` tokens: the landmarks are sums over
+        chunks; :math:`\operatorname{softmax}(\tilde Q K^\top) V` is accumulated chunk by chunk with a running
+        maximum and denominator (the online softmax of flash attention, exact up to rounding); the rows
+        :math:`\operatorname{softmax}(Q \tilde K^\top)\,(\text{pinv} \cdot \text{kernel3}\,V)` are computed
+        chunk by chunk. q, k and v are projected per chunk, so no (L, att_dim) projection and no (L, m) kernel
+        is ever whole. Under ``torch.export`` the chunks are a ``scan`` (one ONNX ``Scan`` over a dynamic
+        number of chunks: one artifact for every bag size), elsewhere a loop. The chunks of a bag of L tokens
+        are ``1 + ceil(L / chunk_size)`` of equal size (at most one padded slot each), so a small bag is two.
+
+        Args:
+            x: (B, L, in_dim) tokens.
+            mask: (B, L) True / 1 = real token; None = all real.
+            chunk_size: most tokens per chunk.
+            length_bound: 0, or a bound L <= length_bound known as a size of the model's inputs, for an L
+                computed from data (TransMIL's squared grid): the chunks are then 1 + ceil(length_bound /
+                chunk_size) (torch.export cannot loop over a count computed from data).
+
+        Returns:
+            y: (B, L, out_dim), equal to ``forward(x, mask)`` to float rounding; 0 at padded positions.
+        """
+        B, L = x.shape[0], x.shape[1]
+        keep = as_bool_mask(mask, x)
+        work_dtype = torch.promote_types(x.dtype, torch.float32)
+        m, segment, divisor, has_landmark, n_front = self._landmark_plan(keep, x, all_slots=True)
+        # one chunk more than needed: torch.export specialises a loop of length 1 (the example's) to exactly 1;
+        # the chunks are of equal size, so the extra one costs an iteration, not work
+        n_chunks = 1 + ((length_bound if length_bound > 0 else L) + chunk_size - 1) // chunk_size
+        size = (L + n_chunks - 1) // n_chunks
+        index = torch.arange(n_chunks * size, device=x.device).reshape(n_chunks, size)
+        valid = index < L  # (n, C): the last chunk's slots past L are no token
+        index = index.clamp(max=L - 1)
+        h, d = self.n_heads, self.head_dim
+        slots = torch.arange(m, device=x.device)
+
+        # 1. landmark inputs: sums of each segment's tokens, chunk by chunk
+        sums = torch.zeros(B, m, x.shape[2], dtype=x.dtype, device=x.device)
+        sizes = torch.zeros(B, m, 1, dtype=x.dtype, device=x.device)
+        # torch.export traces a scan; the nested ifs keep TorchScript from compiling it (it cannot)
+        scanned = False
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_exporting():
+                # L may be a size computed from data (TransMIL's squared grid): say what the scan may assume
+                torch._check(L >= 1)
+                torch._check(n_chunks >= 1)
+                torch._check(size >= 1)
+                sums, sizes = self._scan_landmark_sums(x, segment, slots, index, valid, sums, sizes)
+                scanned = True
+        if not scanned:
+            for c in range(n_chunks):
+                sums, sizes = self._landmark_sums_step(x, segment, slots, index[c], valid[c], sums, sizes)
+        if self.landmarks == "torchmil":
+            x_land = sums / divisor
+        else:
+            x_land = sums / sizes.clamp_min(1)  # (B, m, in_dim) segment means
+        q_land = self._split_heads(self._project(x_land, 0), work_dtype) * self.scale
+        k_land = self._split_heads(self._project(x_land, 1), work_dtype)
+        lm_col = has_landmark[:, None, None, :]
+        lm_row = has_landmark[:, None, :, None]
+        kernel2 = _masked_softmax_last(q_land @ k_land.transpose(-1, -2), lm_col, lm_row)
+        kernel2_pinv = self._pinv(kernel2, work_dtype)
+
+        # 2. softmax(q_land k^T) v over all tokens, online; torchmil's front zero keys (score 0, value 0) as
+        # the starting state: one column of logit log(P_b) in the denominator, nothing in the sum
+        if self.landmarks == "torchmil":
+            front = n_front > 0  # (B, 1)
+            start = torch.log(n_front.clamp_min(1).to(work_dtype))
+            running_max = torch.where(front, start, torch.full_like(start, -1e30)).reshape(B, 1, 1, 1)
+            running_max = running_max.expand(B, h, m, 1).contiguous()
+            running_sum = front.to(work_dtype).reshape(B, 1, 1, 1).expand(B, h, m, 1).contiguous()
+        else:
+            running_max = torch.full((B, h, m, 1), -1e30, dtype=work_dtype, device=x.device)
+            running_sum = torch.zeros(B, h, m, 1, dtype=work_dtype, device=x.device)
+        weighted = torch.zeros(B, h, m, d, dtype=work_dtype, device=x.device)
+        if not torch.jit.is_scripting():
+            if scanned:
+                running_max, running_sum, weighted = self._scan_values(
+                    x, keep, q_land, index, valid, running_max, running_sum, weighted
+                )
+        if not scanned:
+            for c in range(n_chunks):
+                running_max, running_sum, weighted = self._values_step(
+                    x, keep, q_land, index[c], valid[c], running_max, running_sum, weighted, work_dtype
+                )
+        kernel3_v = weighted / running_sum.clamp_min(1e-30) * lm_row.to(work_dtype)  # (B, h, m, d)
+        right = kernel2_pinv @ kernel3_v  # (B, h, m, d)
+
+        # 3. each chunk's rows
+        k_land_scaled = k_land * self.scale
+        if not torch.jit.is_scripting():
+            if scanned:
+                return self._scan_rows(x, keep, k_land_scaled, right, lm_col, index, valid, L)
+        rows = [
+            self._rows_step(x, keep, k_land_scaled, right, lm_col, index[c], valid[c], work_dtype)
+            for c in range(n_chunks)
+        ]
+        return torch.cat(rows, dim=1)[:, :L]
+
+    def _landmark_sums_step(
+        self, x: torch.Tensor, segment: torch.Tensor, slots: torch.Tensor, index: torch.Tensor,
+        valid: torch.Tensor, sums: torch.Tensor, sizes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one chunk's tokens (``index`` (C,), ``valid`` (C,)) to the segment sums (B, m, in) and sizes."""
+        seg = torch.where(valid, segment.index_select(1, index), torch.full_like(index, -1))
+        assign = (seg.unsqueeze(-1) == slots).to(x.dtype)  # (B, C, m)
+        return sums + assign.transpose(1, 2) @ x.index_select(1, index), sizes + assign.sum(dim=1).unsqueeze(-1)
+
+    def _values_step(
+        self, x: torch.Tensor, keep: torch.Tensor, q_land: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
+        running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor, work_dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One chunk of the online softmax(q_land k^T) v: (B, h, m, 1) maximum and sum, (B, h, m, d) sum."""
+        x_c = x.index_select(1, index)
+        k = self._split_heads(self._project(x_c, 1), work_dtype)
+        v = self._split_heads(self._project(x_c, 2), work_dtype)
+        keep_c = keep.index_select(1, index) & valid
+        scores = q_land @ k.transpose(-1, -2) + (~keep_c).to(work_dtype)[:, None, None, :] * -1e30
+        new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True))
+        decay = torch.exp(running_max - new_max)
+        e = torch.exp(scores - new_max)
+        return new_max, running_sum * decay + e.sum(dim=-1, keepdim=True), weighted * decay + e @ v
+
+    def _rows_step(
+        self, x: torch.Tensor, keep: torch.Tensor, k_land_scaled: torch.Tensor, right: torch.Tensor,
+        lm_col: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, work_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """One chunk's outputs (B, C, out_dim): softmax(q k_land^T) @ right, heads merged, projected."""
+        x_c = x.index_select(1, index)
+        keep_c = keep.index_select(1, index) & valid
+        q = self._split_heads(self._project(x_c, 0), work_dtype)
+        kernel1 = _masked_softmax_last(q @ k_land_scaled.transpose(-1, -2), lm_col, keep_c[:, None, :, None])
+        out = (kernel1 @ right).transpose(1, 2)
+        out = out.reshape(out.shape[0], out.shape[1], self.att_dim).to(x.dtype)
+        return self.out_proj(out) * keep_c.unsqueeze(-1).to(x.dtype)
+
+    def _scan_landmark_sums(
+        self, x: torch.Tensor, segment: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
+        sums: torch.Tensor, sizes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_landmark_sums_step` over every chunk, as a ``scan`` (for torch.export)."""
+        from torch._higher_order_ops.scan import scan
+
+        def step(carry, chunk):  # (under no_grad: an export never trains, and scan would trace a backward)
+            return self._landmark_sums_step(x, segment, slots, chunk[0], chunk[1], *carry), chunk[0][:1].clone()
+
+        with torch.no_grad():
+            (sums, sizes), _ = scan(step, (sums, sizes), (index, valid))
+        return sums, sizes
+
+    def _scan_values(
+        self, x: torch.Tensor, keep: torch.Tensor, q_land: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
+        running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_values_step` over every chunk, as a ``scan`` (for torch.export)."""
+        from torch._higher_order_ops.scan import scan
+
+        def step(carry, chunk):
+            out = self._values_step(x, keep, q_land, chunk[0], chunk[1], *carry, q_land.dtype)
+            return out, chunk[0][:1].clone()
+
+        with torch.no_grad():
+            (running_max, running_sum, weighted), _ = scan(
+                step, (running_max, running_sum, weighted), (index, valid)
+            )
+        return running_max, running_sum, weighted
+
+    def _scan_rows(
+        self, x: torch.Tensor, keep: torch.Tensor, k_land_scaled: torch.Tensor, right: torch.Tensor,
+        lm_col: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, L: int,
+    ) -> torch.Tensor:
+        """:meth:`_rows_step` over every chunk, as a ``scan`` (for torch.export): (B, L, out_dim)."""
+        from torch._higher_order_ops.scan import scan
+
+        def step(carry, chunk):
+            rows = self._rows_step(x, keep, k_land_scaled, right, lm_col, chunk[0], chunk[1], right.dtype)
+            return (carry[0].clone(),), rows
+
+        with torch.no_grad():
+            _, rows = scan(step, (index[0, :1],), (index, valid))  # rows (n, B, C, out_dim)
+        B = x.shape[0]
+        return rows.transpose(0, 1).reshape(B, rows.shape[0] * rows.shape[2], rows.shape[3])[:, :L]
 
     def exact_attention_row(self, x: torch.Tensor, mask: torch.Tensor | None = None, row: int = 0) -> torch.Tensor:
         r"""Exact softmax attention of one token's query over all real tokens, per head, in O(L) memory.

@@ -81,6 +81,25 @@ class NystromTransformerLayer(torch.nn.Module):
             Y = Y + self.mlp(self.norm2(Y))
         return self.out_proj(Y), att
 
+    def forward_chunked(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0
+    ) -> torch.Tensor:
+        """``forward(X, mask)`` with the attention taken in chunks of at most ``chunk_size`` tokens
+        (:meth:`NystromAttention.forward_chunked`: the same outputs to rounding, O(chunk_size) working memory).
+
+        Args:
+            X: (B, N, in_dim) tokens; mask: (B, N) True / 1 = real token, None = all real.
+            chunk_size, length_bound: see :meth:`NystromAttention.forward_chunked`.
+
+        Returns:
+            Y: (B, N, out_dim).
+        """
+        X = self.in_proj(X)
+        Y = X + self.dropout(self.att.forward_chunked(self.norm1(X), mask, chunk_size, length_bound))
+        if self.mlp is not None and self.norm2 is not None:
+            Y = Y + self.mlp(self.norm2(Y))
+        return self.out_proj(Y)
+
     def forward(
         self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
