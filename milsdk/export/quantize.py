@@ -12,6 +12,10 @@ MatMul when the weight is used more than once (TransMIL's qkv), and onnxruntime'
 MatMuls whose weight is an initializer; :func:`fold_transposed_weights` folds those transposes first
 (measured on TransMIL D = 1024: 2 of its 4 largest projections were skipped otherwise).
 
+The same holds inside Scan bodies (TransMIL's chunked attention projects q, k, v and its output per chunk, with
+the outer graph's weights): subgraphs are quantised too, and the graph is re-sorted afterwards, since the
+quantiser's own sort does not see what a body reads from the enclosing graph.
+
 Padding stays exact: ``DynamicQuantizeLinear``'s range always includes 0, so the zeros of padded rows never change
 a batch's scale. A bag's result can still move by about one quantisation step with the other bags of its batch
 (the scale is per tensor); verification states the looser tolerances (:meth:`~milsdk.export.verify.Tolerances.
@@ -30,7 +34,7 @@ from onnx import numpy_helper
 
 from milsdk.errors import ExportError, first_line
 
-__all__ = ["fold_transposed_weights", "quantize_int8"]
+__all__ = ["fold_transposed_weights", "quantize_int8", "sort_topologically"]
 
 
 def fold_transposed_weights(proto: onnx.ModelProto) -> int:
@@ -57,6 +61,48 @@ def fold_transposed_weights(proto: onnx.ModelProto) -> int:
         for init in [i for i in graph.initializer if i.name not in used]:
             graph.initializer.remove(init)
     return folded
+
+
+def sort_topologically(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes so that every node comes after the producers of what it reads, including what its
+    subgraphs (a Scan / Loop / If body) read from the enclosing graph (in place; the original order is kept
+    wherever it is already valid)."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    done: set[int] = set()
+    order: list[int] = []
+
+    def visit(i: int) -> None:
+        stack = [(i, iter(sorted(_reads(graph.node[i]))))]
+        done.add(i)
+        while stack:
+            j, pending = stack[-1]
+            for name in pending:
+                k = producer.get(name)
+                if k is not None and k not in done:
+                    done.add(k)
+                    stack.append((k, iter(sorted(_reads(graph.node[k])))))
+                    break
+            else:
+                stack.pop()
+                order.append(j)
+
+    for i in range(len(graph.node)):
+        if i not in done:
+            visit(i)
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The names a node reads: its inputs and what its subgraphs take from enclosing scopes."""
+    names = {name for name in node.input if name}
+    for attr in node.attribute:
+        for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            defined = {i.name for i in body.input} | {i.name for i in body.initializer}
+            defined |= {name for n in body.node for name in n.output}
+            names |= {name for n in body.node for name in _reads(n) if name not in defined}
+    return names
 
 
 def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -87,13 +133,17 @@ def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
             quantize_dynamic(
                 src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
                 # products of two activations (attention, Nystrom) stay float32
-                extra_options={"MatMulConstBOnly": True},
+                # the chunked attention's projections sit in Scan bodies (TransMIL: q, k, v and the output
+                # projection); their weights are the outer graph's initializers
+                extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True},
             )
         except Exception as exc:
             raise ExportError(f"int8 quantisation failed: {first_line(exc, with_type=True)}") from exc
         finally:
             root.setLevel(level)
         quantized = onnx.load_model(dst)
+    # the quantiser re-sorts the graph without seeing what a Scan body reads from outside: sort again
+    sort_topologically(quantized.graph)
     del quantized.metadata_props[:]
     for key, value in metadata:
         quantized.metadata_props.add(key=key, value=value)
