@@ -276,16 +276,16 @@ def test_chunked_equals_unchunked(landmarks, length, chunk_size):
     assert (got[~mask] == 0).all()  # padded positions are exactly 0, as unchunked
 
 
-def test_chunked_with_a_length_bound_from_the_caller_is_the_same():
-    """TransMIL passes a bound of its (data-dependent) sequence length; the chunking changes, the result not."""
+def test_a_bag_that_fits_one_chunk_takes_the_unchunked_path_exactly():
+    """Eagerly the chunk count is known: one chunk is forward itself (bit for bit), whatever the export bound."""
     torch.manual_seed(1)
     att = NystromAttention(16, att_dim=16, n_heads=2, n_landmarks=4).eval()
     x, mask = torch.randn(2, 70, 16), torch.ones(2, 70, dtype=torch.bool)
     mask[0, 33:] = False
     with torch.no_grad():
-        a = att.forward_chunked(x, mask, chunk_size=8)
-        b = att.forward_chunked(x, mask, chunk_size=8, length_bound=500)  # 64 chunks of 2 tokens
-    assert (a - att(x, mask)).abs().max() <= 1e-6 and (b - a).abs().max() <= 1e-6
+        assert torch.equal(att.forward_chunked(x, mask, chunk_size=70, length_bound=500), att(x, mask))
+        chunked = att.forward_chunked(x, mask, chunk_size=8, length_bound=500)
+    assert (chunked - att(x, mask)).abs().max() <= 1e-6
 
 
 def test_chunked_scripts_and_exports_as_one_graph_for_every_length(tmp_path):

@@ -306,26 +306,38 @@ class NystromAttention(torch.nn.Module):
         chunk by chunk. q, k and v are projected per chunk, so no (L, att_dim) projection and no (L, m) kernel
         is ever whole. Under ``torch.export`` the chunks are a ``scan`` (one ONNX ``Scan`` over a dynamic
         number of chunks: one artifact for every bag size), elsewhere a loop. The chunks of a bag of L tokens
-        are ``1 + ceil(L / chunk_size)`` of equal size (at most one padded slot each), so a small bag is two.
+        are ``ceil(L / chunk_size)`` of equal size (at most one padded slot each); a bag that fits one chunk
+        runs :meth:`forward_att` itself. An exported graph loops over ``1 + ceil(L / chunk_size)`` chunks (a
+        loop whose example length is 1 would be specialised to 1), or over ``1 + ceil(length_bound /
+        chunk_size)``.
 
         Args:
             x: (B, L, in_dim) tokens.
             mask: (B, L) True / 1 = real token; None = all real.
             chunk_size: most tokens per chunk.
             length_bound: 0, or a bound L <= length_bound known as a size of the model's inputs, for an L
-                computed from data (TransMIL's squared grid): the chunks are then 1 + ceil(length_bound /
-                chunk_size) (torch.export cannot loop over a count computed from data).
+                computed from data (TransMIL's squared grid): an exported graph's chunk count then comes from it
+                (torch.export cannot loop over a count computed from data).
 
         Returns:
             y: (B, L, out_dim), equal to ``forward(x, mask)`` to float rounding; 0 at padded positions.
         """
         B, L = x.shape[0], x.shape[1]
+        exporting = False
+        if not torch.jit.is_scripting():
+            exporting = torch.compiler.is_exporting()
+        if not exporting:
+            # eagerly and in TorchScript the length is known: a bag that fits one chunk takes the unchunked path
+            n_chunks = (L + chunk_size - 1) // chunk_size
+            if n_chunks <= 1:
+                return self.forward_att(x, mask)[0]
+        else:
+            # one chunk more than needed: torch.export specialises a loop of length 1 (the example's) to exactly 1;
+            # the chunks are of equal size, so the extra one costs an iteration, not work
+            n_chunks = 1 + ((length_bound if length_bound > 0 else L) + chunk_size - 1) // chunk_size
         keep = as_bool_mask(mask, x)
         work_dtype = torch.promote_types(x.dtype, torch.float32)
         m, segment, divisor, has_landmark, n_front = self._landmark_plan(keep, x, all_slots=True)
-        # one chunk more than needed: torch.export specialises a loop of length 1 (the example's) to exactly 1;
-        # the chunks are of equal size, so the extra one costs an iteration, not work
-        n_chunks = 1 + ((length_bound if length_bound > 0 else L) + chunk_size - 1) // chunk_size
         size = (L + n_chunks - 1) // n_chunks
         index = torch.arange(n_chunks * size, device=x.device).reshape(n_chunks, size)
         valid = index < L  # (n, C): the last chunk's slots past L are no token
