@@ -357,7 +357,7 @@ class CLAM_MB(_CLAM):
 
     Args:
         in_shape, att_dim, att_act, k_sample, gated, inst_loss_name, feat_ext: as in :class:`CLAM_SB`.
-        criterion: bag loss (default CrossEntropyLoss).
+        criterion: bag loss (default BCEWithLogitsLoss for one output, CrossEntropyLoss for n_classes > 1).
         n_classes: 1 = binary (two branches, {negative, positive}, as CLAM's binary models; the single logit
             is the positive branch's logit minus the negative one's, so its sigmoid is the two-class softmax's
             positive probability), or C >= 2 classes (logits (B, C)).
