@@ -239,8 +239,7 @@ class NystromAttention(torch.nn.Module):
         if self.qkv is not None:
             # three products on row blocks of the weight, not one product chunked: a (L, 3 * att_dim) output
             # split in three is three more copies of (L, att_dim) in an exported graph (onnxruntime's Split)
-            weight, a = self.qkv.weight, self.att_dim
-            q, k, v = F.linear(x, weight[:a]), F.linear(x, weight[a : 2 * a]), F.linear(x, weight[2 * a :])
+            q, k, v = self._project(x, 0), self._project(x, 1), self._project(x, 2)
             q_land, k_land = F.linear(x_land, self.qkv.weight[: 2 * self.att_dim]).chunk(2, dim=-1)
         else:
             q, k, v = x, x, x
@@ -513,15 +512,8 @@ class NystromAttention(torch.nn.Module):
         """
         keep = as_bool_mask(mask, x)
         work_dtype = torch.promote_types(x.dtype, torch.float32)
-        query = x[:, row : row + 1]
-        if self.qkv is not None:
-            weight = self.qkv.weight
-            q = F.linear(query, weight[: self.att_dim])
-            k = F.linear(x, weight[self.att_dim : 2 * self.att_dim])
-        else:
-            q, k = query, x
-        q = self._split_heads(q, work_dtype) * self.scale  # (B, h, 1, d)
-        k = self._split_heads(k, work_dtype)  # (B, h, L, d)
+        q = self._split_heads(self._project(x[:, row : row + 1], 0), work_dtype) * self.scale  # (B, h, 1, d)
+        k = self._split_heads(self._project(x, 1), work_dtype)  # (B, h, L, d)
         scores = (q @ k.transpose(-1, -2)).squeeze(2)  # (B, h, L)
         return _masked_softmax_last(scores, keep[:, None, :], keep.any(dim=1)[:, None, None])
 
