@@ -46,7 +46,9 @@ class TransMIL(MILModel):
     Attention (``return_att``): the class token's **exact** softmax attention over the tokens in the last
     layer, :math:`\operatorname{softmax}_j(q_\text{cls} \cdot k_j / \sqrt d)`, averaged over heads
     (:meth:`NystromAttention.exact_attention_row`: one query row, O(N), the :math:`L \times L` matrix is never
-    formed). The layer itself still mixes tokens through its Nyström approximation; the approximation's class
+    formed), taken from the keys the last layer projects anyway; since only the class token is read after it,
+    that layer computes the class token's row alone (:meth:`NystromAttention.forward_row_chunked`). The layer
+    itself still mixes tokens through its Nyström approximation; the approximation's class
     row is not used as attention because its pseudo-inverse (a fixed number of iterations, as in the paper)
     does not converge for an ill-conditioned landmark kernel, which a trained model produces, and the row can
     then be all negative. The weight of a repeated (filler) token is added to the instance it copies. The
@@ -160,9 +162,12 @@ class TransMIL(MILModel):
         bound = 2 * N + 2  # >= 1 + S * S, S = ceil(sqrt(N)): the chunk count from a size, not from data
         cls_row = seq.new_zeros(0)
         for i, layer in enumerate(self.layers):
-            if need_att and i == last:
-                cls_row = layer.att.exact_attention_row(layer.norm1(layer.in_proj(seq)), seq_mask)  # (B, h, 1+S*S)
-            seq = layer.forward_chunked(seq, seq_mask, self.chunk_size, bound)
+            if i == last:
+                # only the class token's output is read: the last layer computes that row alone, and its exact
+                # attention (B, h, 1 + S*S) from the keys it projects anyway
+                seq, cls_row = layer.forward_row_chunked(seq, seq_mask, self.chunk_size, bound, 0, need_att)
+            else:
+                seq = layer.forward_chunked(seq, seq_mask, self.chunk_size, bound)
             if i == 0:
                 seq = torch.cat([seq[:, :1], self.pos_layer(seq[:, 1:], side)], dim=1)
         logits = self.squeeze_binary(self.classifier(self.norm(seq[:, 0])))

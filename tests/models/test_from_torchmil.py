@@ -353,14 +353,14 @@ def test_transmil_nystrom_attention_row_equals_torchmil(monkeypatch):
     reference, model = _transmil_pair(CASES["TransMIL"][0])
     last = model.layers[-1].att
     factors = []
-    forward_chunked = last.forward_chunked
+    forward_row_chunked = last.forward_row_chunked
 
-    def keep_factors(x, mask=None, chunk_size=4096, length_bound=0):
-        # the model runs the chunked form; its factors are those of the unchunked one on the same tokens
+    def keep_factors(x, mask=None, chunk_size=4096, length_bound=0, row=0, need_att=True):
+        # the model runs the chunked class-row form; its factors are those of the unchunked one on the same tokens
         factors.append(last.forward_att(x, mask)[1])
-        return forward_chunked(x, mask, chunk_size, length_bound)
+        return forward_row_chunked(x, mask, chunk_size, length_bound, row, need_att)
 
-    monkeypatch.setattr(last, "forward_chunked", keep_factors)
+    monkeypatch.setattr(last, "forward_row_chunked", keep_factors)
     gen = torch.Generator().manual_seed(5)
     for n in (1, 3, 9, 37, 500):
         bag = _bag(n, gen)

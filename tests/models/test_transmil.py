@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -210,6 +211,8 @@ def default_onnx(tmp_path_factory):
     model = TransMIL(in_shape=(1024,)).eval()
     path = export_onnx(model, tmp_path_factory.mktemp("transmil") / "model.onnx", example_instances=37)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # layer 1: landmark sums, values, rows; layer 2 (only the class row is read): sums and values, no rows
+    assert sum(node.op_type == "Scan" for node in onnx.load(str(path)).graph.node) == 5
     return model, session
 
 

@@ -321,3 +321,62 @@ def test_chunked_scripts_and_exports_as_one_graph_for_every_length(tmp_path):
             assert (scripted(x, mask) - expected).abs().max() <= 1e-6
         got = session.run(None, dict(zip(names, [x.numpy(), mask.numpy()])))[0]
         assert np.abs(got - expected.numpy()).max() <= 1e-5, length
+
+
+@pytest.mark.parametrize("landmarks", ["segments", "torchmil"])
+@pytest.mark.parametrize("length, chunk_size", [(1, 4), (5, 4), (50, 50), (301, 64), (300, 7)])
+def test_row_chunked_equals_that_row_of_forward_and_the_exact_attention_row(landmarks, length, chunk_size):
+    """The class-row form: the row of the full output, and the exact attention row, from one pass over chunks."""
+    torch.manual_seed(3)
+    att = NystromAttention(32, att_dim=32, n_heads=4, n_landmarks=8, landmarks=landmarks).eval()
+    x = torch.randn(3, length, 32)
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[1, length // 2 + 1 :] = False
+    mask[2, 1::3] = False  # holes; token 0, the row asked for, stays real
+    with torch.no_grad():
+        y, row = att.forward_row_chunked(x, mask, chunk_size, row=0)
+        y_only, empty = att.forward_row_chunked(x, mask, chunk_size, row=0, need_att=False)
+        expected_y = att(x, mask)[:, :1]
+        expected_row = att.exact_attention_row(x, mask, row=0)
+    assert y.shape == (3, 1, 32) and row.shape == (3, 4, length)
+    assert (y - expected_y).abs().max() <= 1e-6
+    assert (row - expected_row).abs().max() <= 1e-6
+    assert torch.equal(y_only, y) and empty.numel() == 0
+    assert (row[~mask[:, None, :].expand_as(row)] == 0).all()
+    torch.testing.assert_close(row.sum(dim=-1), torch.ones(3, 4))
+
+
+def test_row_chunked_scripts_and_exports_as_one_graph_for_every_length():
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(4)
+    att = NystromAttention(16, att_dim=16, n_heads=2, n_landmarks=4).eval()
+
+    class Row(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.att = att
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.att.forward_row_chunked(x, mask, 8)
+
+    x, mask = torch.randn(2, 20, 16), torch.ones(2, 20, dtype=torch.bool)
+    scripted = torch.jit.script(Row())
+    B, L = torch.export.Dim("B"), torch.export.Dim("L", min=2)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            Row(), (x, mask), dynamo=True, dynamic_shapes=({0: B, 1: L}, {0: B, 1: L}), verbose=False
+        )
+    assert sum(node.op_type == "Scan" for node in program.model_proto.graph.node) == 2  # sums, values: no rows scan
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for length in (1, 8, 9, 100):
+        x, mask = torch.randn(2, length, 16), torch.ones(2, length, dtype=torch.bool)
+        mask[1, length // 2 + 1 :] = False
+        with torch.no_grad():
+            expected = (att(x, mask)[:, :1], att.exact_attention_row(x, mask))
+            for got, want in zip(scripted(x, mask), expected):
+                assert (got - want).abs().max() <= 1e-6
+        for got, want in zip(session.run(None, dict(zip(names, [x.numpy(), mask.numpy()]))), expected):
+            assert np.abs(got - want.numpy()).max() <= 1e-5, length

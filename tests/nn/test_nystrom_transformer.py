@@ -32,6 +32,20 @@ def test_layer_projections_mlp_and_attention_shapes():
     assert isinstance(layer.in_proj, torch.nn.Linear) and isinstance(layer.out_proj, torch.nn.Linear)
 
 
+@pytest.mark.parametrize("chunk_size", [4, 64])
+def test_layer_row_chunked_is_that_row_of_the_layer_with_its_exact_attention(chunk_size):
+    """One token's output (MLP and in/out projections included) and its attention, without the other rows."""
+    torch.manual_seed(1)
+    layer = NystromTransformerLayer(6, out_dim=5, att_dim=8, n_heads=2, n_landmarks=3, use_mlp=True).eval()
+    X, mask = _padded_batch([9, 4], 9, 6)
+    with torch.no_grad():
+        Y, att_row = layer.forward_row_chunked(X, mask, chunk_size, row=0)
+        expected_row = layer.att.exact_attention_row(layer.norm1(layer.in_proj(X)), mask)
+        assert Y.shape == (2, 1, 5) and att_row.shape == (2, 2, 9)
+        assert (Y - layer(X, mask)[:, :1]).abs().max() <= 1e-6
+        assert (att_row - expected_row).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("use_mlp,add_self", [(False, False), (True, True)])
 def test_encoder_padding_never_changes_real_outputs(use_mlp, add_self):
     torch.manual_seed(0)

@@ -321,26 +321,107 @@ class NystromAttention(torch.nn.Module):
         Returns:
             y: (B, L, out_dim), equal to ``forward(x, mask)`` to float rounding; 0 at padded positions.
         """
-        B, L = x.shape[0], x.shape[1]
-        exporting = False
-        if not torch.jit.is_scripting():
-            exporting = torch.compiler.is_exporting()
-        if not exporting:
-            # eagerly and in TorchScript the length is known: a bag that fits one chunk takes the unchunked path
-            n_chunks = (L + chunk_size - 1) // chunk_size
-            if n_chunks <= 1:
-                return self.forward_att(x, mask)[0]
-        else:
-            # one chunk more than needed: torch.export specialises a loop of length 1 (the example's) to exactly 1;
-            # the chunks are of equal size, so the extra one costs an iteration, not work
-            n_chunks = 1 + ((length_bound if length_bound > 0 else L) + chunk_size - 1) // chunk_size
+        L = x.shape[1]
+        exporting = self._exporting()
+        n_chunks = self._chunk_count(L, chunk_size, length_bound, exporting)
+        if not exporting and n_chunks <= 1:
+            return self.forward_att(x, mask)[0]
         keep = as_bool_mask(mask, x)
         work_dtype = torch.promote_types(x.dtype, torch.float32)
-        m, segment, divisor, has_landmark, n_front = self._landmark_plan(keep, x, all_slots=True)
+        index, valid = self._chunk_index(L, n_chunks, x.device)
+        k_land_scaled, right, lm_col, _ = self._chunked_factors(x, keep, index, valid, exporting, work_dtype, None)
+        if not torch.jit.is_scripting():
+            if exporting:
+                return self._scan_rows(x, keep, k_land_scaled, right, lm_col, index, valid, L)
+        rows = [
+            self._rows_step(x, keep, k_land_scaled, right, lm_col, index[c], valid[c], work_dtype)
+            for c in range(n_chunks)
+        ]
+        return torch.cat(rows, dim=1)[:, :L]
+
+    def forward_row_chunked(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0,
+        row: int = 0, need_att: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""One token's row of :meth:`forward_chunked` and its :meth:`exact_attention_row`, in one pass.
+
+        For a model that reads one token of its last layer (TransMIL's class token): the landmarks and
+        :math:`\text{pinv} \cdot \operatorname{softmax}(\tilde Q K^\top) V` need every token, the output only
+        the row's query, so the other rows' queries, kernel rows and output projections are never computed.
+        The exact attention's scores :math:`q_\text{row} \cdot k_j / \sqrt d` are taken from the keys each chunk
+        projects anyway, so no (L, att_dim) key projection is ever whole either. A bag that fits one chunk
+        runs :meth:`forward_att` and :meth:`exact_attention_row` themselves (outside an export).
+
+        Args:
+            x: (B, L, in_dim) tokens; mask: (B, L) True / 1 = real token, None = all real.
+            chunk_size, length_bound: see :meth:`forward_chunked`.
+            row: the token whose output is wanted (must be real in every bag).
+            need_att: also compute the exact attention row (otherwise an empty tensor is returned for it).
+
+        Returns:
+            y: (B, 1, out_dim), equal to ``forward(x, mask)[:, row : row + 1]`` to float rounding; attention
+            (B, h, L) as :meth:`exact_attention_row` returns it, or an empty tensor without ``need_att``.
+        """
+        L = x.shape[1]
+        exporting = self._exporting()
+        n_chunks = self._chunk_count(L, chunk_size, length_bound, exporting)
+        if not exporting and n_chunks <= 1:
+            y = self.forward_att(x, mask)[0][:, row : row + 1]
+            return y, self.exact_attention_row(x, mask, row) if need_att else x.new_zeros(0)
+        keep = as_bool_mask(mask, x)
+        work_dtype = torch.promote_types(x.dtype, torch.float32)
+        index, valid = self._chunk_index(L, n_chunks, x.device)
+        q_row: torch.Tensor | None = None
+        if need_att:
+            q_row = self._split_heads(self._project(x[:, row : row + 1], 0), work_dtype) * self.scale  # (B, h, 1, d)
+        k_land_scaled, right, lm_col, row_scores = self._chunked_factors(
+            x, keep, index, valid, exporting, work_dtype, q_row
+        )
+        at_row = torch.full((1,), row, dtype=torch.long, device=x.device)
+        y = self._rows_step(x, keep, k_land_scaled, right, lm_col, at_row, at_row >= 0, work_dtype)
+        if not need_att:
+            return y, x.new_zeros(0)
+        B = x.shape[0]
+        scores = row_scores.reshape(B, self.n_heads, row_scores.shape[-1])[..., :L]  # (B, h, L)
+        return y, _masked_softmax_last(scores, keep[:, None, :], keep.any(dim=1)[:, None, None])
+
+    @staticmethod
+    def _exporting() -> bool:
+        """True while torch.export traces (the chunks become a scan); TorchScript never compiles the test."""
+        if not torch.jit.is_scripting():
+            return torch.compiler.is_exporting()
+        return False
+
+    @staticmethod
+    def _chunk_count(L: int, chunk_size: int, length_bound: int, exporting: bool) -> int:
+        """Chunks of a bag of L tokens: ceil(L / chunk_size) when L is known; one more in an exported graph
+        (torch.export specialises a loop of length 1, the example's, to exactly 1; the chunks are of equal size,
+        so the extra one costs an iteration, not work), counted from ``length_bound`` when it is given."""
+        if not exporting:
+            return (L + chunk_size - 1) // chunk_size
+        return 1 + ((length_bound if length_bound > 0 else L) + chunk_size - 1) // chunk_size
+
+    @staticmethod
+    def _chunk_index(L: int, n_chunks: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token index (n, C) of each chunk's slots, clamped to L - 1, and valid (n, C): slot < L."""
         size = (L + n_chunks - 1) // n_chunks
-        index = torch.arange(n_chunks * size, device=x.device).reshape(n_chunks, size)
-        valid = index < L  # (n, C): the last chunk's slots past L are no token
-        index = index.clamp(max=L - 1)
+        index = torch.arange(n_chunks * size, device=device).reshape(n_chunks, size)
+        return index.clamp(max=L - 1), index < L
+
+    def _chunked_factors(
+        self, x: torch.Tensor, keep: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, exporting: bool,
+        work_dtype: torch.dtype, q_row: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1 and 2 of :meth:`forward_chunked`, each one pass over the chunks (a scan when exporting).
+
+        Returns:
+            k_land_scaled (B, h, m, d), right = pinv @ softmax(q_land k^T) v (B, h, m, d), lm_col
+            (B, 1, 1, m) bool, and the scores ``q_row @ k^T`` (B, h, R, n * C) of the extra queries ``q_row``
+            (B, h, R, d) (empty without them).
+        """
+        B = x.shape[0]
+        n_chunks = index.shape[0]
+        m, segment, divisor, has_landmark, n_front = self._landmark_plan(keep, x, all_slots=True)
         h, d = self.n_heads, self.head_dim
         slots = torch.arange(m, device=x.device)
 
@@ -350,11 +431,11 @@ class NystromAttention(torch.nn.Module):
         # torch.export traces a scan; the nested ifs keep TorchScript from compiling it (it cannot)
         scanned = False
         if not torch.jit.is_scripting():
-            if torch.compiler.is_exporting():
+            if exporting:
                 # L may be a size computed from data (TransMIL's squared grid): say what the scan may assume
-                torch._check(L >= 1)
+                torch._check(x.shape[1] >= 1)
                 torch._check(n_chunks >= 1)
-                torch._check(size >= 1)
+                torch._check(index.shape[1] >= 1)
                 sums, sizes = self._scan_landmark_sums(x, segment, slots, index, valid, sums, sizes)
                 scanned = True
         if not scanned:
@@ -383,29 +464,23 @@ class NystromAttention(torch.nn.Module):
             running_max = torch.full((B, h, m, 1), -1e30, dtype=work_dtype, device=x.device)
             running_sum = torch.zeros(B, h, m, 1, dtype=work_dtype, device=x.device)
         weighted = torch.zeros(B, h, m, d, dtype=work_dtype, device=x.device)
+        row_scores = x.new_zeros(0)
         if not torch.jit.is_scripting():
             if scanned:
-                running_max, running_sum, weighted = self._scan_values(
-                    x, keep, q_land, index, valid, running_max, running_sum, weighted
+                running_max, running_sum, weighted, row_scores = self._scan_values(
+                    x, keep, q_land, index, valid, running_max, running_sum, weighted, q_row
                 )
         if not scanned:
+            per_chunk: list[torch.Tensor] = []
             for c in range(n_chunks):
-                running_max, running_sum, weighted = self._values_step(
-                    x, keep, q_land, index[c], valid[c], running_max, running_sum, weighted, work_dtype
+                running_max, running_sum, weighted, scores_c = self._values_step(
+                    x, keep, q_land, index[c], valid[c], running_max, running_sum, weighted, work_dtype, q_row
                 )
+                per_chunk.append(scores_c)
+            if q_row is not None:
+                row_scores = torch.cat(per_chunk, dim=-1)
         kernel3_v = weighted / running_sum.clamp_min(1e-30) * lm_row.to(work_dtype)  # (B, h, m, d)
-        right = kernel2_pinv @ kernel3_v  # (B, h, m, d)
-
-        # 3. each chunk's rows
-        k_land_scaled = k_land * self.scale
-        if not torch.jit.is_scripting():
-            if scanned:
-                return self._scan_rows(x, keep, k_land_scaled, right, lm_col, index, valid, L)
-        rows = [
-            self._rows_step(x, keep, k_land_scaled, right, lm_col, index[c], valid[c], work_dtype)
-            for c in range(n_chunks)
-        ]
-        return torch.cat(rows, dim=1)[:, :L]
+        return k_land * self.scale, kernel2_pinv @ kernel3_v, lm_col, row_scores
 
     def _landmark_sums_step(
         self, x: torch.Tensor, segment: torch.Tensor, slots: torch.Tensor, index: torch.Tensor,
@@ -419,8 +494,10 @@ class NystromAttention(torch.nn.Module):
     def _values_step(
         self, x: torch.Tensor, keep: torch.Tensor, q_land: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
         running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor, work_dtype: torch.dtype,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One chunk of the online softmax(q_land k^T) v: (B, h, m, 1) maximum and sum, (B, h, m, d) sum."""
+        q_row: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One chunk of the online softmax(q_land k^T) v: (B, h, m, 1) maximum and sum, (B, h, m, d) sum; and
+        the chunk's scores ``q_row @ k^T`` (B, h, R, C) of the extra queries (empty without them)."""
         x_c = x.index_select(1, index)
         k = self._split_heads(self._project(x_c, 1), work_dtype)
         v = self._split_heads(self._project(x_c, 2), work_dtype)
@@ -429,7 +506,8 @@ class NystromAttention(torch.nn.Module):
         new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True))
         decay = torch.exp(running_max - new_max)
         e = torch.exp(scores - new_max)
-        return new_max, running_sum * decay + e.sum(dim=-1, keepdim=True), weighted * decay + e @ v
+        row_scores = q_row @ k.transpose(-1, -2) if q_row is not None else x.new_zeros(0)
+        return new_max, running_sum * decay + e.sum(dim=-1, keepdim=True), weighted * decay + e @ v, row_scores
 
     def _rows_step(
         self, x: torch.Tensor, keep: torch.Tensor, k_land_scaled: torch.Tensor, right: torch.Tensor,
@@ -460,20 +538,24 @@ class NystromAttention(torch.nn.Module):
 
     def _scan_values(
         self, x: torch.Tensor, keep: torch.Tensor, q_land: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
-        running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_values_step` over every chunk, as a ``scan`` (for torch.export)."""
+        running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor, q_row: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_values_step` over every chunk, as a ``scan`` (for torch.export); the extra queries' scores
+        (B, h, R, n * C) are the scan's per-chunk outputs."""
         from torch._higher_order_ops.scan import scan
 
         def step(carry, chunk):
-            out = self._values_step(x, keep, q_land, chunk[0], chunk[1], *carry, q_land.dtype)
-            return out, chunk[0][:1].clone()
+            *state, row_scores = self._values_step(x, keep, q_land, chunk[0], chunk[1], *carry, q_land.dtype, q_row)
+            return tuple(state), (row_scores if q_row is not None else chunk[0][:1].clone())
 
         with torch.no_grad():
-            (running_max, running_sum, weighted), _ = scan(
+            (running_max, running_sum, weighted), per_chunk = scan(
                 step, (running_max, running_sum, weighted), (index, valid)
             )
-        return running_max, running_sum, weighted
+        if q_row is None:
+            return running_max, running_sum, weighted, x.new_zeros(0)
+        n, B, h, R, C = per_chunk.shape  # (n, B, h, R, C) -> (B, h, R, n * C), chunk-major like the tokens
+        return running_max, running_sum, weighted, per_chunk.permute(1, 2, 3, 0, 4).reshape(B, h, R, n * C)
 
     def _scan_rows(
         self, x: torch.Tensor, keep: torch.Tensor, k_land_scaled: torch.Tensor, right: torch.Tensor,

@@ -100,6 +100,29 @@ class NystromTransformerLayer(torch.nn.Module):
             Y = Y + self.mlp(self.norm2(Y))
         return self.out_proj(Y)
 
+    def forward_row_chunked(
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0,
+        row: int = 0, need_att: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token's output of :meth:`forward_chunked`, and its exact attention over the tokens
+        (:meth:`NystromAttention.forward_row_chunked`: the other rows' outputs are never computed).
+
+        Args:
+            X: (B, N, in_dim) tokens; mask: (B, N) True / 1 = real token, None = all real.
+            chunk_size, length_bound: see :meth:`NystromAttention.forward_chunked`.
+            row: the token whose output is wanted; need_att: also compute its attention.
+
+        Returns:
+            Y: (B, 1, out_dim), ``forward(X, mask)[:, row : row + 1]`` to rounding; attention (B, h, N) (see
+            :meth:`NystromAttention.exact_attention_row`), empty without ``need_att``.
+        """
+        X = self.in_proj(X)
+        att_out, att_row = self.att.forward_row_chunked(self.norm1(X), mask, chunk_size, length_bound, row, need_att)
+        Y = X[:, row : row + 1] + self.dropout(att_out)
+        if self.mlp is not None and self.norm2 is not None:
+            Y = Y + self.mlp(self.norm2(Y))
+        return self.out_proj(Y), att_row
+
     def forward(
         self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
