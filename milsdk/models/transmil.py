@@ -169,7 +169,7 @@ class TransMIL(MILModel):
             else:
                 seq = layer.forward_chunked(seq, seq_mask, self.chunk_size, bound)
             if i == 0:
-                seq = torch.cat([seq[:, :1], self.pos_layer(seq[:, 1:], side)], dim=1)
+                seq = self.pos_layer.forward_after(seq, side, 1)  # the class token passes through
         logits = self.squeeze_binary(self.classifier(self.norm(seq[:, 0])))
         if not need_att:
             return logits, logits.new_zeros(0)

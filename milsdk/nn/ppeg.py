@@ -125,8 +125,23 @@ class PPEG(torch.nn.Module):
         grid = F.conv2d(grid, weight, bias, padding=3, groups=self.dim)
         return torch.cat([x[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
 
-    def _forward_padded(self, X: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
-        B, K = X.shape[0], X.shape[1]
+    def forward_after(self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 1) -> torch.Tensor:
+        """``ppeg(x, side)`` on the tokens after the first ``n_leading`` (class tokens), which pass through.
+
+        Equal to ``cat([X[:, :n_leading], ppeg(X[:, n_leading:], side)], dim=1)`` without the two copies of the
+        sequence that the slice and the concatenation are in an exported graph.
+
+        Args:
+            X: (B, n_leading + K, D); side: (B,) integer s_b, or None (see :meth:`forward`).
+            n_leading: tokens in front of the map tokens.
+
+        Returns:
+            (B, n_leading + K, D).
+        """
+        return self._forward_padded(X, side, n_leading)
+
+    def _forward_padded(self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 0) -> torch.Tensor:
+        B, K = X.shape[0], X.shape[1] - n_leading
         S = grid_side(K)
         device = X.device
         if side is None:
@@ -136,28 +151,28 @@ class PPEG(torch.nn.Module):
         side_1 = side_b.clamp_min(1)
         batch = torch.arange(B, device=device)
 
-        # Scatter-free layout: grid cell (r, c) of bag b reads token r * s_b + c when r, c < s_b, else zero.
+        # Scatter-free layout: grid cell (r, c) of bag b reads map token r * s_b + c when r, c < s_b, else zero.
         r = torch.arange(S, device=device)
         rows = r.reshape(1, S, 1)
         cols = r.reshape(1, 1, S)
         sb = side_b.reshape(B, 1, 1)
         token = rows * sb + cols  # (B, S, S)
         in_map = (rows < sb) & (cols < sb) & (token < K)
-        token = torch.where(in_map, token, torch.zeros_like(token))
+        token = torch.where(in_map, token + n_leading, torch.zeros_like(token))
         grid = X[batch.reshape(B, 1, 1), token] * in_map.unsqueeze(-1).to(X.dtype)  # (B, S, S, D)
 
         weight, bias = self.fused_kernel()
         grid = F.conv2d(grid.permute(0, 3, 1, 2), weight, bias, padding=3, groups=self.dim)
         grid = grid.permute(0, 2, 3, 1)  # (B, S, S, D)
 
-        # Gather each map token back from its cell; tokens outside the map keep their input value.
-        k = torch.arange(K, device=device).reshape(1, K)
+        # Gather each map token back from its cell; leading tokens and tokens outside the map keep their value.
+        k = torch.arange(n_leading + K, device=device).reshape(1, n_leading + K) - n_leading
         row = torch.div(k, side_1, rounding_mode="floor")
         col = k - row * side_1
-        on_map = k < side_b * side_b
+        on_map = (k >= 0) & (k < side_b * side_b)
         row = torch.where(on_map, row, torch.zeros_like(row))
         col = torch.where(on_map, col, torch.zeros_like(col))
-        Y = grid[batch.reshape(B, 1), row, col]  # (B, K, D)
+        Y = grid[batch.reshape(B, 1), row, col]  # (B, n_leading + K, D)
         return torch.where(on_map.unsqueeze(-1), Y, X)
 
     def extra_repr(self) -> str:

@@ -61,6 +61,19 @@ def test_each_bag_block_equals_the_bag_alone():
             assert torch.equal(Y[b, s * s :], X[b, s * s :])  # tokens outside the map pass through
 
 
+@pytest.mark.parametrize("n_leading", [1, 2])
+def test_forward_after_leading_tokens_equals_slice_and_concatenation(n_leading):
+    """What TransMIL runs: the class token in front passes through, the map tokens after it are encoded."""
+    ppeg = _ppeg()
+    sides = [5, 3, 1, 0]
+    X = torch.randn(len(sides), n_leading + 25, 4)
+    with torch.no_grad():
+        got = ppeg.forward_after(X, torch.tensor(sides), n_leading)
+        expected = torch.cat([X[:, :n_leading], ppeg(X[:, n_leading:], torch.tensor(sides))], dim=1)
+    assert torch.equal(got[:, :n_leading], X[:, :n_leading])
+    assert (got - expected).abs().max() <= 1e-6
+
+
 def test_non_square_length_uses_zero_cells():
     ppeg = _ppeg()
     X = torch.randn(1, 7, 4)  # side ceil(sqrt(7)) = 3, last two cells empty

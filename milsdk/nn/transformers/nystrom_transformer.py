@@ -117,8 +117,9 @@ class NystromTransformerLayer(torch.nn.Module):
             :meth:`NystromAttention.exact_attention_row`), empty without ``need_att``.
         """
         X = self.in_proj(X)
+        residual = X[:, row : row + 1]  # taken first: an exported graph can then free X once it is normalised
         att_out, att_row = self.att.forward_row_chunked(self.norm1(X), mask, chunk_size, length_bound, row, need_att)
-        Y = X[:, row : row + 1] + self.dropout(att_out)
+        Y = residual + self.dropout(att_out)
         if self.mlp is not None and self.norm2 is not None:
             Y = Y + self.mlp(self.norm2(Y))
         return self.out_proj(Y), att_row
