@@ -49,7 +49,7 @@ def create_session(model_path, instance_kind="CPU", device_id=0):
 
 
 def run_options_for(session):
-    """Run options that shrink the memory arenas after each run (the arena grows with every new bag size)."""
+    """Run options that shrink the memory arenas after the run (the arena keeps the peak of every bag size)."""
     options = ort.RunOptions()
     arenas = ["cpu:0"]
     if "CUDAExecutionProvider" in session.get_providers():
@@ -57,6 +57,31 @@ def run_options_for(session):
         arenas.append("gpu:" + str(device))
     options.add_run_config_entry("memory.enable_memory_arena_shrinkage", ";".join(arenas))
     return options
+
+
+class ArenaRelease:
+    """Which run options a batch gets: release the arenas after a run whose batch is at most half the instance
+    slots (B * N) the arenas hold buffers for, keep them otherwise (milsdk's in-process backend does the same).
+
+    Releasing after every run made the next run of the same size fault its buffers in again: TransMIL at 16,000 x
+    1024 ran 611 instead of 498 ms here. Runs of similar sizes keep the arenas warm; a run far smaller than the
+    largest lets the memory go.
+    """
+
+    def __init__(self, session):
+        self.release = run_options_for(session)
+        self.keep = ort.RunOptions()
+        self.held_slots = 0
+
+    def options_for(self, features):
+        """Run options for a batch of ``features`` (B, N, D)."""
+        shape = np.shape(features)
+        slots = int(np.prod(shape[:2])) if len(shape) >= 2 else int(np.size(features))
+        if 2 * slots <= self.held_slots:
+            self.held_slots = slots
+            return self.release
+        self.held_slots = max(self.held_slots, slots)
+        return self.keep
 
 
 def check_shapes(session, inputs):
@@ -124,7 +149,7 @@ class TritonPythonModel:
         self.session = create_session(
             path, args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id", 0)
         )
-        self.run_options = run_options_for(self.session)
+        self.arena = ArenaRelease(self.session)
         self.dlpack = int(np.__version__.split(".")[0]) >= 2
         if self.dlpack and hasattr(pb_utils, "Logger"):
             pb_utils.Logger.log_warn(
@@ -146,9 +171,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                outputs = infer(
-                    self.session, {n: self._read(request, n) for n in self.input_names}, self.run_options
-                )
+                inputs = {n: self._read(request, n) for n in self.input_names}
+                options = self.arena.options_for(inputs[self.input_names[0]])
+                outputs = infer(self.session, inputs, options)
                 tensors = [self._tensor(n, outputs[n]) for n in self.output_names]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others in the batch

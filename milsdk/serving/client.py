@@ -110,7 +110,9 @@ class MILClient:
         backend: the backend; the client closes it in :meth:`close`.
         max_instances: budget of padded instance slots (B * N_max) per request.
         max_batch_size: most bags per request (capped by the backend's own limit, e.g. Triton's max_batch_size).
-        max_in_flight: requests running at once.
+        max_in_flight: requests running at once. Above 1 they run on worker threads that the client keeps from
+            one ``predict`` to the next (until :meth:`close`): a backend that holds a connection per thread
+            (Triton: a client and a shared-memory region) reuses it instead of opening a new one per call.
         max_padding: most padded share of one request's slots (see :func:`~milsdk.serving.planner.plan_batches`);
             1.0 = no limit beyond ``max_instances``.
         retry_deadline_s: how long one request is retried while the server is unavailable before ``predict``
@@ -157,6 +159,8 @@ class MILClient:
         # the graph tests each bag's features itself: the client does not scan them before the run
         self._graph_checks_features = bool(getattr(backend, "checks_features", False))
         self.last_run = RunStats()
+        self._workers: ThreadPoolExecutor | None = None  # made at the first predict that runs requests in parallel
+        self._workers_lock = threading.Lock()
 
     @classmethod
     def from_path(
@@ -267,10 +271,7 @@ class MILClient:
         next_out = 0
         pending: set[Future] = set()
         bar = tqdm(total=total, unit="bag", desc=f"predict {self.info.model_name}", disable=not progress)
-        pool: ThreadPoolExecutor | _InlineExecutor = (
-            _InlineExecutor() if self.max_in_flight == 1
-            else ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="milsdk-predict")
-        )
+        pool = self._executor()
         abort = threading.Event()  # set when the run ends early: requests still retrying give up at once
 
         def collect(done: set[Future]) -> None:
@@ -315,12 +316,28 @@ class MILClient:
                 yield from ready()
         finally:
             abort.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # nothing of this call runs after it: requests not started are cancelled, running ones waited for
+            for future in pending:
+                future.cancel()
+            wait(pending)
             bar.close()
             stats.seconds = time.perf_counter() - started
 
+    def _executor(self) -> ThreadPoolExecutor | _InlineExecutor:
+        """Where requests run: the caller's thread for one in flight, else the client's worker threads."""
+        if self.max_in_flight == 1:
+            return _InlineExecutor()
+        with self._workers_lock:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="milsdk-predict")
+            return self._workers
+
     def close(self) -> None:
-        """Close the backend (sessions, connections, shared memory)."""
+        """Stop the worker threads and close the backend (sessions, connections, shared memory)."""
+        with self._workers_lock:
+            workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
 
     def __enter__(self) -> MILClient:
@@ -530,7 +547,7 @@ class MILClient:
 
 class _InlineExecutor:
     """The executor for one request in flight: each batch runs at once in the caller's thread. A worker thread
-    would only add a hand-off per batch (the caller waits for it anyway) and a thread start per ``predict``."""
+    would only add a hand-off per batch (the caller waits for it anyway)."""
 
     def submit(self, fn: Any, *args: Any) -> Future:
         future: Future = Future()
@@ -539,9 +556,6 @@ class _InlineExecutor:
         except Exception as exc:  # noqa: BLE001 - handed to the caller through the future, as a pool would
             future.set_exception(exc)
         return future
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Nothing runs in the background."""
 
 
 def all_finite(array: np.ndarray) -> bool:

@@ -126,6 +126,12 @@ def test_python_backend_model_runs_the_onnx(abmil, abmil_artifacts, tmp_path):
     with pytest.raises(ValueError, match="missing input 'mask'"):
         module.infer(session, {"features": features})
     assert check_triton_model(model_dir) == []
+    # the arenas are released after a batch of at most half the slots they hold, kept after the others
+    arena = module.ArenaRelease(session)
+    picks = [arena.options_for(np.zeros(shape, np.float32)) for shape in
+             [(2, 100, 4), (1, 150, 4), (1, 100, 4), (1, 60, 4), (1, 40, 4), (4, 100, 4)]]
+    assert [p is arena.release for p in picks] == [False, False, True, False, True, False]
+    assert arena.held_slots == 400
 
 
 def test_new_version_keeps_the_old_one(abmil_artifacts, tmp_path):

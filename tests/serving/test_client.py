@@ -309,6 +309,34 @@ def test_one_request_in_flight_runs_in_the_calling_thread():
         down.predict(bags_of([3]))
 
 
+def test_parallel_requests_run_on_worker_threads_the_client_keeps_until_close():
+    """Requests in parallel run on the client's own worker threads, the same ones from one predict to the next
+    (a backend's per-thread connection is reused: Triton's client and shared-memory region); close stops them.
+    Each predict used to start and stop a pool of its own."""
+    class Where(FakeBackend):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.threads = set()
+
+        def run(self, inputs):
+            with self.lock:
+                self.threads.add(threading.current_thread())  # thread objects: an ident can be reused
+            return super().run(inputs)
+
+    backend = Where(delay=0.01)
+    client = MILClient(backend, max_batch_size=1, max_in_flight=2)
+    for _ in range(5):
+        assert all(p.ok for p in client.predict(bags_of([3, 5, 7, 9])))
+    stream = client.predict_iter(bags_of([3, 5, 7, 9, 11, 13]))
+    assert next(stream).ok
+    stream.close()  # abandoned early: its requests are cancelled or waited for, the workers stay
+    assert all(p.ok for p in client.predict(bags_of([4, 6])))
+    assert 1 <= len(backend.threads) <= 2 and threading.current_thread() not in backend.threads
+    assert all(t.is_alive() for t in backend.threads)
+    client.close()
+    assert not any(t.is_alive() for t in backend.threads) and backend.closed
+
+
 def test_without_the_scan_a_bad_bag_is_still_named_by_its_outputs():
     bad = np.ones((4, D), np.float32)
     bad[2, 3] = np.nan

@@ -4,7 +4,10 @@ Tensors travel as binary data (the HTTP binary extension, or gRPC), never JSON; 
 through POSIX shared memory instead, for a server on the same host. The model's ``ModelInfo`` is read from its
 Triton config: ``milsdk export --triton`` writes it as the parameter ``milsdk.json``.
 
-tritonclient's clients are not thread-safe, so every worker thread gets its own client (and shared-memory region).
+tritonclient's clients are not thread-safe (the HTTP one is bound to the thread that made it), so every thread gets
+its own client and shared-memory region, reused by that thread's next requests. When a thread ends, its client
+and region are released by the next request of any thread (or by :meth:`TritonBackend.close`): a caller that
+runs each request on a new thread does not pile up connections and registered regions on the server.
 
 A server started by ``milsdk serve`` puts some APIs (model repository, trace, logging; shared memory when it
 serves other hosts) behind a key: every request then carries the header ``milsdk-api-key`` (and its gRPC form),
@@ -22,6 +25,7 @@ import logging
 import os
 import secrets
 import threading
+import weakref
 from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
@@ -127,6 +131,7 @@ class TritonBackend:
         self._lock = threading.Lock()
         self._clients: list[Any] = []
         self._regions: list[_ShmRegion] = []
+        self._orphans: list[_Connection] = []  # connections of threads that have ended, to release
 
         self._check_ready()
         config = self._model_config()
@@ -154,23 +159,43 @@ class TritonBackend:
             self._clients.append(client)
         return client
 
-    def _client(self) -> Any:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._new_client()
-        return client
+    def _connection(self) -> _Connection:
+        """This thread's connection (made empty on the thread's first request)."""
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
+            holder = self._local.holder = _ThreadConnection(self._orphans)
+        return holder.connection
 
-    def _reset_thread_state(self) -> None:
-        """Drop this thread's client and shared-memory region (after a failure, the server may have restarted)."""
-        client = getattr(self._local, "client", None)
-        region = getattr(self._local, "region", None)
-        self._local.client = self._local.region = None
+    def _client(self, connection: _Connection) -> Any:
+        if connection.client is None:
+            connection.client = self._new_client()
+        return connection.client
+
+    def _reset(self, connection: _Connection, client: Any | None = None) -> None:
+        """Drop a connection's client and shared-memory region, the region unregistered through ``client``
+        (default: the connection's own): after a failure (the server may have restarted), or its thread ended."""
+        own, region = connection.client, connection.region
+        connection.client = connection.region = None
         if region is not None:
-            region.destroy(client)
             with self._lock:
-                self._regions.remove(region)
-        if client is not None:
-            self._drop(client)
+                if region not in self._regions:  # close() has freed it
+                    region = None
+                else:
+                    self._regions.remove(region)
+            if region is not None:
+                region.destroy(client if client is not None else own)
+        if own is not None:
+            self._drop(own)
+
+    def _release_orphans(self, client: Any) -> None:
+        """Release the connections of threads that have ended (their regions unregistered through ``client``:
+        an HTTP client cannot be used from another thread than its own)."""
+        while self._orphans:
+            try:
+                orphan = self._orphans.pop()
+            except IndexError:  # another thread took the last one
+                return
+            self._reset(orphan, client)
 
     def _control_client(self) -> Any:
         """A client for health and config calls: a request timeout meant for inference (it may be shorter than
@@ -180,7 +205,8 @@ class TritonBackend:
     def _drop(self, client: Any) -> None:
         _close_quietly(client)
         with self._lock:
-            self._clients.remove(client)
+            if client in self._clients:  # (close() may have taken it already)
+                self._clients.remove(client)
 
     def _check_ready(self) -> None:
         client = self._control_client()
@@ -243,15 +269,18 @@ class TritonBackend:
         problem = input_shape_error({name: array.shape for name, array in arrays.items()})
         if problem is not None:
             raise ServingError(f"request to {self.url}, model {self.model_name!r}, not sent: {problem}")
+        connection = self._connection()
         for attempt in (0, 1):
             try:
-                client = self._client()
+                client = self._client(connection)
+                if self._orphans:
+                    self._release_orphans(client)
                 if self.shared_memory:
-                    return self._infer_shared_memory(client, arrays)
+                    return self._infer_shared_memory(connection, client, arrays)
                 return self._infer(client, arrays)
             except Exception as exc:  # classified below: retry-worthy or this batch's own error
                 error = self._classify(exc)
-                self._reset_thread_state()
+                self._reset(connection)
                 stale_region = self.shared_memory and "shared memory" in str(exc).lower()
                 if attempt == 0 and stale_region and not isinstance(error, ServerUnavailableError):
                     continue  # the server restarted and forgot our region: register a new one, once
@@ -291,7 +320,9 @@ class TritonBackend:
             ATTENTION: np.asarray(result.as_numpy(ATTENTION), dtype=np.float32),
         }
 
-    def _infer_shared_memory(self, client: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer_shared_memory(
+        self, connection: _Connection, client: Any, arrays: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         batch, n = arrays[self.info.inputs[0]].shape[:2]
         out_shapes = {LOGITS: (batch, self.info.n_classes), ATTENTION: (batch, n)}
         layout, offset = {}, 0
@@ -300,7 +331,7 @@ class TritonBackend:
         ]:
             layout[name] = (offset, nbytes)
             offset += -(-nbytes // _SHM_ALIGN) * _SHM_ALIGN
-        region = self._region(client, offset)
+        region = self._region(connection, client, offset)
         inputs = self._inputs(arrays)
         for tensor, (name, array) in zip(inputs, arrays.items()):
             start, nbytes = layout[name]
@@ -315,8 +346,8 @@ class TritonBackend:
         self._call(client, inputs, outputs)
         return {name: region.read(shape, layout[name][0]) for name, shape in out_shapes.items()}
 
-    def _region(self, client: Any, size: int) -> _ShmRegion:
-        region = getattr(self._local, "region", None)
+    def _region(self, connection: _Connection, client: Any, size: int) -> _ShmRegion:
+        region = connection.region
         if region is not None and region.size >= size:
             return region
         if region is not None:
@@ -325,7 +356,7 @@ class TritonBackend:
                 self._regions.remove(region)
         # grow geometrically so that a run of growing bags does not re-register at every batch
         size = max(size, 2 * region.size if region is not None else 0)
-        region = self._local.region = _ShmRegion(client, size)
+        region = connection.region = _ShmRegion(client, size)
         with self._lock:
             self._regions.append(region)
         return region
@@ -368,6 +399,8 @@ class TritonBackend:
         with self._lock:
             regions, self._regions = self._regions, []
             clients, self._clients = self._clients, []
+            self._local = threading.local()  # drops every thread's holder: its connection goes to the orphans,
+            self._orphans.clear()  # whose clients and regions are in the two lists above
         helper = clients[0] if clients else None
         try:
             for region in regions:
@@ -375,10 +408,31 @@ class TritonBackend:
         finally:  # a region that cannot be freed must not keep the connections open
             for client in clients:
                 _close_quietly(client)
-        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"TritonBackend({self.url!r}, {self.model_name!r})"
+
+
+class _Connection:
+    """One thread's tritonclient client and shared-memory region, each made on first use."""
+
+    __slots__ = ("client", "region")
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.region: _ShmRegion | None = None
+
+
+class _ThreadConnection:
+    """Holds a thread's :class:`_Connection` in its thread-local storage. Python drops that storage when the
+    thread ends; the holder then hands the connection to ``orphans``, for a live thread to release (the
+    holder itself is gone by then, the connection does not refer to it)."""
+
+    __slots__ = ("connection", "__weakref__")
+
+    def __init__(self, orphans: list[_Connection]) -> None:
+        self.connection = _Connection()
+        weakref.finalize(self, orphans.append, self.connection)
 
 
 class _ShmRegion:
