@@ -1,4 +1,5 @@
-"""The machine's ceilings: float32 GEMM GFLOP/s per runtime (numpy, torch, onnxruntime) and memory bandwidth.
+"""The machine's ceilings: float32 GEMM GFLOP/s per runtime (numpy, torch, onnxruntime), memory bandwidth and the
+loopback TCP throughput that a same-host Triton request travels.
 
 Performance figures of the suite are stated against the best GEMM rate measured here on the shape of an attention
 MIL first layer ([N x D] x [D x 128]), since that GEMM dominates the attention models' FLOPs; a model's achieved
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GemmResult", "gemm_ceilings", "memory_bandwidth", "best_of"]
+__all__ = ["GemmResult", "gemm_ceilings", "loopback_bandwidth", "memory_bandwidth", "best_of"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +109,34 @@ def memory_bandwidth(n_bytes: int, repeats: int = 5) -> float:
     dst = np.zeros_like(src)
     seconds = best_of(lambda: np.copyto(dst, src), repeats)
     return 2.0 * src.nbytes / seconds / 1e9
+
+
+def loopback_bandwidth(n_bytes: int, repeats: int = 3) -> float:
+    """TCP throughput over 127.0.0.1, GB/s of payload: one thread sends ``n_bytes`` with ``sendall``, another
+    receives them into a preallocated buffer. The wire a same-host HTTP or gRPC request travels, without any
+    protocol, serialisation or copy into a runtime: what Triton's transport is measured against."""
+    import socket
+    import threading
+
+    payload = memoryview(np.ones(n_bytes, np.uint8))
+    sink = memoryview(bytearray(n_bytes))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+        with sender, receiver:
+            def send() -> None:
+                sender.sendall(payload)
+
+            def transfer() -> None:
+                thread = threading.Thread(target=send)
+                thread.start()
+                got = 0
+                while got < n_bytes:
+                    count = receiver.recv_into(sink[got:])
+                    if not count:
+                        raise ConnectionError("loopback connection closed early")
+                    got += count
+                thread.join()
+
+            seconds = best_of(transfer, repeats)
+    return n_bytes / seconds / 1e9

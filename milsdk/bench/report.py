@@ -109,6 +109,34 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _transport_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The Triton rows as transport: a request's bytes (features float32 and mask) per second of its p50, against
+    the machine's loopback TCP throughput measured in the same run."""
+    triton = [r for r in rows if r["path"].startswith("Triton") and r.get("p50")]
+    loopback = results.get("loopback_gbs")
+    if not triton or not loopback:
+        return []
+    dim = results["config"]["dim"]
+    lines = [
+        "## Triton transport", "",
+        f"Loopback TCP (one thread sends, another receives into a preallocated buffer, no protocol): "
+        f"**{loopback:.2f} GB/s**. A request carries the bag's features (float32) and mask; its time includes the "
+        "server's run, so the in-process p50 of the same bag is shown beside it.", "",
+        "| model | path | N | request MB | p50 ms | request GB/s | of loopback | in-process p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in triton:
+        request = r["n"] * (4 * dim + 1)
+        rate = request / r["p50"] / 1e9
+        local = _find(rows, r["model"], _SERVED, r["n"])
+        local_ms = f"{1e3 * local['p50']:.1f}" if local else "-"
+        lines.append(
+            f"| {r['model']} | {r['path']} | {r['n']:,} | {request / 1e6:.1f} | {1e3 * r['p50']:.1f} | "
+            f"{rate:.2f} | {100 * rate / loopback:.0f}% | {local_ms} |"
+        )
+    return lines + [""]
+
+
 def write_report(results: dict[str, Any], path: Path, plot_name: str = "throughput.png") -> Path:
     """Write the markdown report of a suite run."""
     machine = results["machine"]
@@ -174,6 +202,7 @@ def write_report(results: dict[str, Any], path: Path, plot_name: str = "throughp
                 f"{r['gflops']:.1f} | {100 * r['gflops'] / top['gflops']:.0f}% | {versus} |"
             )
         lines.append("")
+    lines += _transport_lines(results, rows)
     lines += [
         "## Client overhead over a default onnxruntime session",
         "",

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from milsdk.bench.ceilings import gemm_ceilings, memory_bandwidth
+from milsdk.bench.ceilings import gemm_ceilings, loopback_bandwidth, memory_bandwidth
 from milsdk.bench.machine import machine_info
 from milsdk.bench.overhead import client_overhead
 from milsdk.bench.workload import PreparedModel, count_flops, make_bag, model_inputs, prepare_model
@@ -387,7 +387,8 @@ def run_suite(config: SuiteConfig, echo: Callable[[str], None] = print) -> dict[
         if overhead_rows and prepared_models[0].onnx_path is not None:
             overhead_rows.extend(_multi_bag_overhead(prepared_models[0], config))
         if config.triton:
-            echo("Triton: one server, Python backend")
+            results["loopback_gbs"] = loopback_bandwidth(min(64 << 20, config.bandwidth_bytes))
+            echo(f"Triton: one server, Python backend (loopback TCP {results['loopback_gbs']:.2f} GB/s)")
             try:
                 _triton_phase(prepared_models, config, runner, root)
             except Exception as exc:  # noqa: BLE001 - the in-process results still get written

@@ -1,6 +1,6 @@
 import numpy as np
 
-from milsdk.bench.ceilings import GemmResult, best_of, gemm_ceilings, memory_bandwidth
+from milsdk.bench.ceilings import GemmResult, best_of, gemm_ceilings, loopback_bandwidth, memory_bandwidth
 
 
 def test_every_runtime_gives_a_positive_rate_on_every_shape():
@@ -28,3 +28,7 @@ def test_best_of_is_the_fastest_call():
 
 def test_memory_bandwidth_is_positive():
     assert 0 < memory_bandwidth(4 << 20, repeats=2) < 1e5
+
+
+def test_loopback_bandwidth_moves_every_byte_and_is_positive():
+    assert 0 < loopback_bandwidth(3 << 20, repeats=2) < 1e4

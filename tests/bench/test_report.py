@@ -65,6 +65,16 @@ def test_report_and_plot_are_written(tmp_path):
     assert "Test CPU" in text and "load average" in text.lower()
     png = write_plot(results, tmp_path / "t.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "## Triton transport" not in text  # no loopback measured: no transport table
+
+
+def test_triton_rows_are_shown_as_transport_against_the_loopback_copy(tmp_path):
+    results = _results()
+    results["loopback_gbs"] = 0.5
+    text = write_report(results, tmp_path / "RESULTS.md").read_text()
+    # 16,000 x (4 x 8 + 1) bytes = 0.528 MB in 64 ms: 0.00825 GB/s, 2% of 0.5; in-process p50 16 ms
+    assert "Loopback TCP" in text and "**0.50 GB/s**" in text
+    assert "| ABMIL | Triton HTTP (MILClient) | 16,000 | 0.5 | 64.0 | 0.01 | 2% | 16.0 |" in text
 
 
 def test_a_new_run_keeps_the_sections_other_tools_wrote(tmp_path):
