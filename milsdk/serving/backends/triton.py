@@ -1,7 +1,9 @@
 """Remote backend: a model served by Triton Inference Server, over HTTP or gRPC with tritonclient.
 
 Tensors travel as binary data (the HTTP binary extension, or gRPC), never JSON; with ``shared_memory=True`` they go
-through POSIX shared memory instead, for a server on the same host. The model's ``ModelInfo`` is read from its
+through POSIX shared memory instead, for a server on the same host. HTTP inference requests are posted by
+:class:`~milsdk.serving.backends.triton_http.HttpInferConnection`, which sends the arrays without copying them
+(tritonclient copies a request three times); health, configuration and shared-memory calls use tritonclient. The model's ``ModelInfo`` is read from its
 Triton config: ``milsdk export --triton`` writes it as the parameter ``milsdk.json``.
 
 tritonclient's clients are not thread-safe (the HTTP one is bound to the thread that made it), so every thread gets
@@ -34,12 +36,12 @@ import numpy as np
 
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo, input_shape_error
 from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError, first_line
+from milsdk.serving.backends.triton_http import KSERVE_DATATYPES, HttpInferConnection
 
 __all__ = ["API_KEY_ENV", "API_KEY_HEADER", "TritonBackend", "api_key_headers", "parse_triton_url"]
 
 log = logging.getLogger(__name__)
 
-_TRITON_DTYPES = {"float32": "FP32", "float16": "FP16", "bool": "BOOL", "int64": "INT64"}
 # Statuses that say "the server is not there right now"; anything else is checked against the health endpoints.
 _TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
 _SHM_ALIGN = 64
@@ -171,11 +173,20 @@ class TritonBackend:
             connection.client = self._new_client()
         return connection.client
 
+    def _http(self, connection: _Connection) -> HttpInferConnection:
+        if connection.http is None:
+            connection.http = HttpInferConnection(self.address, self._ssl, self.timeout_s, self._headers)
+            with self._lock:
+                self._clients.append(connection.http)  # closed by close() with the other connections
+        return connection.http
+
     def _reset(self, connection: _Connection, client: Any | None = None) -> None:
         """Drop a connection's client and shared-memory region, the region unregistered through ``client``
         (default: the connection's own): after a failure (the server may have restarted), or its thread ended."""
-        own, region = connection.client, connection.region
-        connection.client = connection.region = None
+        own, region, http = connection.client, connection.region, connection.http
+        connection.client = connection.region = connection.http = None
+        if http is not None:
+            self._drop(http)
         if region is not None:
             with self._lock:
                 if region not in self._regions:  # close() has freed it
@@ -187,9 +198,10 @@ class TritonBackend:
         if own is not None:
             self._drop(own)
 
-    def _release_orphans(self, client: Any) -> None:
+    def _release_orphans(self, client: Any | None) -> None:
         """Release the connections of threads that have ended (their regions unregistered through ``client``:
-        an HTTP client cannot be used from another thread than its own)."""
+        a tritonclient HTTP client cannot be used from another thread than its own; None without shared
+        memory, where they hold no region)."""
         while self._orphans:
             try:
                 orphan = self._orphans.pop()
@@ -272,11 +284,13 @@ class TritonBackend:
         connection = self._connection()
         for attempt in (0, 1):
             try:
-                client = self._client(connection)
+                client = self._client(connection) if self.shared_memory or self.protocol == "grpc" else None
                 if self._orphans:
                     self._release_orphans(client)
                 if self.shared_memory:
                     return self._infer_shared_memory(connection, client, arrays)
+                if self.protocol == "http":
+                    return self._infer_http(connection, arrays)
                 return self._infer(client, arrays)
             except Exception as exc:  # classified below: retry-worthy or this batch's own error
                 error = self._classify(exc)
@@ -295,12 +309,9 @@ class TritonBackend:
     def _inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
         inputs = []
         for name, array in arrays.items():
-            tensor = self._module.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype.name])
-            if not self.shared_memory:
-                if self.protocol == "http":
-                    tensor.set_data_from_numpy(array, binary_data=True)
-                else:
-                    tensor.set_data_from_numpy(array)
+            tensor = self._module.InferInput(name, list(array.shape), KSERVE_DATATYPES[array.dtype.name])
+            if not self.shared_memory:  # gRPC: HTTP requests without shared memory go through _infer_http
+                tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs
 
@@ -312,6 +323,10 @@ class TritonBackend:
     def _call(self, client: Any, inputs: list[Any], outputs: list[Any]) -> Any:
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return client.infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs, **kwargs)
+
+    def _infer_http(self, connection: _Connection, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._http(connection).infer(self.model_name, arrays, [LOGITS, ATTENTION], self.model_version)
+        return {name: np.asarray(result[name], dtype=np.float32) for name in (LOGITS, ATTENTION)}
 
     def _infer(self, client: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._call(client, self._inputs(arrays), [self._requested(LOGITS), self._requested(ATTENTION)])
@@ -414,13 +429,15 @@ class TritonBackend:
 
 
 class _Connection:
-    """One thread's tritonclient client and shared-memory region, each made on first use."""
+    """One thread's tritonclient client, shared-memory region and HTTP inference connection, each made on first
+    use."""
 
-    __slots__ = ("client", "region")
+    __slots__ = ("client", "region", "http")
 
     def __init__(self) -> None:
         self.client: Any = None
         self.region: _ShmRegion | None = None
+        self.http: HttpInferConnection | None = None
 
 
 class _ThreadConnection:
