@@ -1,10 +1,11 @@
-"""Remote backend: a model served by Triton Inference Server, over HTTP or gRPC with tritonclient.
+"""Remote backend: a model served by Triton Inference Server, over HTTP or gRPC.
 
 Tensors travel as binary data (the HTTP binary extension, or gRPC), never JSON; with ``shared_memory=True`` they go
 through POSIX shared memory instead, for a server on the same host. HTTP inference requests are posted by
 :class:`~milsdk.serving.backends.triton_http.HttpInferConnection`, which sends the arrays without copying them
-(tritonclient copies a request three times); health, configuration and shared-memory calls use tritonclient. The model's ``ModelInfo`` is read from its
-Triton config: ``milsdk export --triton`` writes it as the parameter ``milsdk.json``.
+(tritonclient copies a request three times); gRPC, health, configuration and shared-memory calls use tritonclient.
+The model's ``ModelInfo`` is read from its Triton config: ``milsdk export --triton`` writes it as the parameter
+``milsdk.json``.
 
 tritonclient's clients are not thread-safe (the HTTP one is bound to the thread that made it), so every thread gets
 its own client and shared-memory region, reused by that thread's next requests. When a thread ends, its client
@@ -416,7 +417,8 @@ class TritonBackend:
             clients, self._clients = self._clients, []
             self._local = threading.local()  # drops every thread's holder: its connection goes to the orphans,
             self._orphans.clear()  # whose clients and regions are in the two lists above
-        helper = clients[0] if clients else None
+        # regions are unregistered through a tritonclient client (an HttpInferConnection only posts inference)
+        helper = next((c for c in clients if not isinstance(c, HttpInferConnection)), None)
         try:
             for region in regions:
                 region.destroy(helper)
