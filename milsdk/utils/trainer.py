@@ -19,7 +19,9 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -403,13 +405,14 @@ class Trainer:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         )
         compute = self._train_module if training else self.wrapper.compute_loss
-        pbar = tqdm(
-            loader,
-            total=n_batches,
-            desc=f"[Epoch {self.epoch}] {mode}",
-            disable=self.disable_pbar or not self.ctx.is_main,
-            leave=True,
-        )
+        with _ctrl_c_deferred():  # a bar interrupted half-made prints a traceback when it is collected
+            pbar = tqdm(
+                loader,
+                total=n_batches,
+                desc=f"[Epoch {self.epoch}] {mode}",
+                disable=self.disable_pbar or not self.ctx.is_main,
+                leave=True,
+            )
         local_loss, local_bags, pending = 0.0, 0, False
         if training:
             self.optimizer.zero_grad(set_to_none=True)
@@ -457,9 +460,10 @@ class Trainer:
         values = {f"{mode}/{name}": mean.compute() for name, mean in means.items()}
         for name, metric in self.metrics_dict.items():
             values[f"{mode}/{name}"] = _as_float(metric.compute())
-        if not pbar.disable:
-            pbar.set_postfix({k: round(v, 4) for k, v in values.items()})
-        pbar.close()
+        with _ctrl_c_deferred():
+            if not pbar.disable:
+                pbar.set_postfix({k: round(v, 4) for k, v in values.items()})
+            pbar.close()
         return values
 
     def _log(self, values: dict[str, float]) -> None:
@@ -517,3 +521,26 @@ def _set_epoch(loader: Any, epoch: int) -> None:
         target = getattr(loader, attr, None)
         if callable(getattr(target, "set_epoch", None)):
             target.set_epoch(epoch)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block has run, then raise the KeyboardInterrupt it would have raised.
+
+    For tqdm's constructor and close: interrupted half-way, a bar lacks attributes its ``__del__`` reads, and
+    Python prints that ``AttributeError`` as an ignored-exception traceback after the clean "Interrupted" line.
+    Only Python's default handler is replaced, and only in the main thread (the one signal handlers run in).
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

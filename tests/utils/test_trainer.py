@@ -383,3 +383,21 @@ def test_seed_quick_start_runs_as_written(tmp_path, monkeypatch):
         reloaded(batch["X"], batch["mask"]),
         model(batch["X"].to(trainer.device), batch["mask"].to(trainer.device)).cpu(),
     )
+
+
+def test_ctrl_c_inside_a_progress_bar_call_is_raised_after_it():
+    """Ctrl-C that lands in tqdm's constructor or close is held until the call is done, then raised: a bar
+    interrupted half-made printed an ignored AttributeError traceback after the CLI's clean 'Interrupted' line."""
+    import signal
+
+    from milsdk.utils.trainer import _ctrl_c_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with _ctrl_c_deferred():
+        pass  # no signal: nothing raised
