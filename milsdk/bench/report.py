@@ -75,18 +75,19 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str]]:
         rho = accuracy["min_attention_spearman"]
         out.append((goal, "; ".join(speed) + f"; max probability change {accuracy['max_probability_change']:.4f}, "
                     f"min attention Spearman {'n/a' if rho is None else f'{rho:.4f}'} (synthetic bags)"))
-    triton_goals = (("TransMIL", "Triton HTTP (MILClient)", 85), ("TransMIL", "Triton HTTP+shm (MILClient)", 95),
-                    ("ABMIL", "Triton HTTP (MILClient)", 25), ("ABMIL", "Triton HTTP+shm (MILClient)", 70))
-    for model, path, goal in triton_goals:
-        measured = [(n, r) for n in sorted({r["n"] for r in rows})
-                    if (r := _find(rows, model, path, n)) and _find(rows, model, _SERVED, n)]
-        if not measured:
-            out.append((f"{model} {path.split(' (')[0]} >= {goal}% of in-process",
-                        "not measured (run with --triton)"))
-            continue
-        text = ", ".join(f"{100 * r['ips'] / _find(rows, model, _SERVED, n)['ips']:.0f}% at N={n:,}"
-                         for n, r in measured)
-        out.append((f"{model} {path.split(' (')[0]} >= {goal}% of in-process", text))
+    triton_goals = (("TransMIL", "Triton HTTP", 85), ("TransMIL", "Triton HTTP+shm", 95),
+                    ("ABMIL", "Triton HTTP", 25), ("ABMIL", "Triton HTTP+shm", 70))
+    for model, transport, goal in triton_goals:
+        parts = []
+        for path, label in ((f"{transport} (MILClient)", ""),
+                            (f"{transport} float16 wire (MILClient)", "float16 wire: ")):
+            measured = [(n, r) for n in sorted({r["n"] for r in rows})
+                        if (r := _find(rows, model, path, n)) and _find(rows, model, _SERVED, n)]
+            if measured:
+                parts.append(label + ", ".join(f"{100 * r['ips'] / _find(rows, model, _SERVED, n)['ips']:.0f}% at "
+                                               f"N={n:,}" for n, r in measured))
+        out.append((f"{model} {transport} >= {goal}% of in-process",
+                     "; ".join(parts) if parts else "not measured (run with --triton)"))
     triton_plan = next((p for p in results["planner"] if p["setting"].startswith("Triton")), None)
     if triton_plan:
         out.append(("padding through Triton <= 3%",
@@ -110,8 +111,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _transport_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """The Triton rows as transport: a request's bytes (features float32 and mask) per second of its p50, against
-    the machine's loopback TCP throughput measured in the same run."""
+    """The Triton rows as transport: a request's bytes (features float32, or float16 on the float16 wire, and mask)
+    per second of its p50, against the machine's loopback TCP throughput measured in the same run."""
     triton = [r for r in rows if r["path"].startswith("Triton") and r.get("p50")]
     loopback = results.get("loopback_gbs")
     if not triton or not loopback:
@@ -120,13 +121,14 @@ def _transport_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> lis
     lines = [
         "## Triton transport", "",
         f"Loopback TCP (one thread sends, another receives into a preallocated buffer, no protocol): "
-        f"**{loopback:.2f} GB/s**. A request carries the bag's features (float32) and mask; its time includes the "
-        "server's run, so the in-process p50 of the same bag is shown beside it.", "",
+        f"**{loopback:.2f} GB/s**. A request carries the bag's features (float32; float16 on the float16 wire) and "
+        "mask; its time includes the server's run, so the in-process p50 (float32) of the same bag is shown beside "
+        "it.", "",
         "| model | path | N | request MB | p50 ms | request GB/s | of loopback | in-process p50 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in triton:
-        request = r["n"] * (4 * dim + 1)
+        request = r["n"] * ((2 if "float16 wire" in r["path"] else 4) * dim + 1)
         rate = request / r["p50"] / 1e9
         local = _find(rows, r["model"], _SERVED, r["n"])
         local_ms = f"{1e3 * local['p50']:.1f}" if local else "-"

@@ -3,7 +3,8 @@
 For each model (default: every registered one) and bag size it measures eager milsdk, eager torchmil 1.0.2 (the
 reference a user would otherwise run), TorchScript and onnxruntime through :class:`~milsdk.serving.MILClient`, a
 raw default onnxruntime session on the same padded batches, and with ``triton=True`` Triton HTTP, gRPC and HTTP +
-shared memory through the client (a real server, Python backend). Each measurement is the median (p50) and p99 of
+shared memory through the client (a real server, Python backend), HTTP and shared memory also with the float16 wire
+format (the model exported with float16 features, as the ``triton-python-wire16`` profile does). Each measurement is the median (p50) and p99 of
 ``repeats`` timed calls after ``warmup`` untimed ones, one bag per call; instances/s = N / p50. The FLOPs of the
 model's matrix products are counted once per size (:func:`~milsdk.bench.workload.count_flops`), so every path's
 GFLOP/s can be read against the machine's GEMM ceiling (:mod:`milsdk.bench.ceilings`) measured in the same run.
@@ -36,7 +37,7 @@ from milsdk.bench.machine import machine_info
 from milsdk.bench.overhead import client_overhead
 from milsdk.bench.workload import PreparedModel, count_flops, make_bag, model_inputs, prepare_model
 
-__all__ = ["SuiteConfig", "quick_config", "run_suite", "PATHS", "DEFAULT_SIZES"]
+__all__ = ["SuiteConfig", "quick_config", "run_suite", "PATHS", "DEFAULT_SIZES", "FLOAT16_WIRE_PATHS"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,11 @@ DEFAULT_SIZES = (1_000, 4_000, 16_000, 64_000, 100_000)
 #: the measured paths, in report order.
 PATHS = (
     "eager milsdk", "eager torchmil", "TorchScript (MILClient)", "onnxruntime (MILClient)",
-    "onnxruntime raw session", "onnxruntime int8 (MILClient)", "Triton HTTP (MILClient)", "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)",
+    "onnxruntime raw session", "onnxruntime int8 (MILClient)", "Triton HTTP (MILClient)", "Triton gRPC (MILClient)",
+    "Triton HTTP+shm (MILClient)", "Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)",
 )
+#: Triton paths whose features travel as float16 (the triton-python-wire16 profile's export)
+FLOAT16_WIRE_PATHS = ("Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)")
 QUICK_MODELS = ("ABMIL", "TransMIL")
 
 
@@ -289,28 +293,41 @@ def planner_padding(count: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _triton_phase(prepared: list[PreparedModel], config: SuiteConfig, runner: _Runner, root: Path) -> list[str]:
-    from milsdk.export import read_model_info, write_triton_model
+    from milsdk.export import export_onnx, read_model_info, write_triton_model
     from milsdk.serving import MILClient, TritonServer
 
     notes = []
     repo = root / "model_repository"
-    served = {}
+    served: dict[str, str] = {}
+    wire16: dict[str, str] = {}  # the same model exported with float16 features (the triton-python-wire16 profile)
     for p in prepared:
         if p.onnx_path is None:
             continue
         served[p.name] = p.name.lower()
         write_triton_model(repo, p.name.lower(), {"onnx": p.onnx_path}, read_model_info(p.onnx_path),
                            backend="python")
+        try:
+            half = export_onnx(p.model, root / f"{p.name}_wire16.onnx", features_dtype="float16")
+        except Exception as exc:  # noqa: BLE001 - a model that cannot take float16 features is a note
+            notes.append(f"{p.name}: float16-features export failed: {str(exc).splitlines()[0]}")
+            continue
+        wire16[p.name] = f"{p.name.lower()}_wire16"
+        write_triton_model(repo, wire16[p.name], {"onnx": half}, read_model_info(half), backend="python",
+                           features_dtype="float16")
     if not served:
         return ["no model exported to ONNX: Triton not measured"]
     with TritonServer(repo, exit_timeout_s=2) as server:
         for name, served_name in served.items():
-            for path, url, protocol, shm in (
-                ("Triton HTTP (MILClient)", server.http_url, "http", False),
-                ("Triton gRPC (MILClient)", server.grpc_url, "grpc", False),
-                ("Triton HTTP+shm (MILClient)", server.http_url, "http", True),
+            for path, url, protocol, shm, model_name in (
+                ("Triton HTTP (MILClient)", server.http_url, "http", False, served_name),
+                ("Triton gRPC (MILClient)", server.grpc_url, "grpc", False, served_name),
+                ("Triton HTTP+shm (MILClient)", server.http_url, "http", True, served_name),
+                (FLOAT16_WIRE_PATHS[0], server.http_url, "http", False, wire16.get(name)),
+                (FLOAT16_WIRE_PATHS[1], server.http_url, "http", True, wire16.get(name)),
             ):
-                with MILClient.from_triton(url, served_name, protocol=protocol, shared_memory=shm) as client:
+                if model_name is None:
+                    continue
+                with MILClient.from_triton(url, model_name, protocol=protocol, shared_memory=shm) as client:
                     for n in config.sizes:
                         flops = next((m.flops for m in runner.results if m.model == name and m.n == n), 0)
                         bag = make_bag(n, config.dim, seed=config.seed)

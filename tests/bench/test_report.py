@@ -77,6 +77,18 @@ def test_triton_rows_are_shown_as_transport_against_the_loopback_copy(tmp_path):
     assert "| ABMIL | Triton HTTP (MILClient) | 16,000 | 0.5 | 64.0 | 0.01 | 2% | 16.0 |" in text
 
 
+def test_float16_wire_rows_count_two_bytes_per_feature_and_join_their_target_line(tmp_path):
+    results = _results()
+    results["loopback_gbs"] = 0.5
+    results["measurements"].append({"model": "ABMIL", "path": "Triton HTTP float16 wire (MILClient)", "n": 16000,
+                                    "times": [0.032] * 3, "flops": 0, "skipped": ""})
+    found = dict(targets(results))
+    assert found["ABMIL Triton HTTP >= 25% of in-process"] == "25% at N=16,000; float16 wire: 50% at N=16,000"
+    text = write_report(results, tmp_path / "RESULTS.md").read_text()
+    # 16,000 x (2 x 8 + 1) bytes = 0.272 MB in 32 ms: 0.0085 GB/s
+    assert "| ABMIL | Triton HTTP float16 wire (MILClient) | 16,000 | 0.3 | 32.0 | 0.01 | 2% | 16.0 |" in text
+
+
 def test_a_new_run_keeps_the_sections_other_tools_wrote(tmp_path):
     """benchmarks/soak.py appends '## Soak' to RESULTS.md: a later suite run rewrites its own sections only."""
     path = tmp_path / "RESULTS.md"

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from milsdk.bench import quick_config, run_suite
-from milsdk.bench.suite import _estimate, Measurement, planner_padding
+from milsdk.bench.suite import FLOAT16_WIRE_PATHS, _estimate, Measurement, planner_padding
 from milsdk.errors import ModelConfigError
 
 
@@ -64,3 +64,17 @@ def test_unknown_models_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ModelConfigError, match="unknown models NoSuchMIL"):
         run_suite(quick_config(tmp_path / "out", models=["NoSuchMIL"]), echo=lambda line: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_triton_run_measures_every_transport_with_both_wire_formats(tmp_path):
+    """A real server (the pip Triton, Python backend): HTTP, gRPC and shared memory with float32 features, HTTP
+    and shared memory with the float16 wire format; every row in the transport table."""
+    config = quick_config(tmp_path, models=("ABMIL",), sizes=(64,), repeats=2, triton=True, rss=False)
+    results = run_suite(config, echo=lambda line: None)
+    paths = {m["path"] for m in results["measurements"] if m["times"] and m["path"].startswith("Triton")}
+    assert paths == {"Triton HTTP (MILClient)", "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)",
+                     *FLOAT16_WIRE_PATHS}
+    text = (tmp_path / "RESULTS.md").read_text()
+    # 64 x (2 x 64 + 1) bytes: 8,256 bytes = 0.0 MB on the float16 wire
+    assert "| ABMIL | Triton HTTP+shm float16 wire (MILClient) | 64 | 0.0 |" in text
+    assert "ABMIL Triton HTTP >= 25% of in-process" in text and "float16 wire: " in text

@@ -295,13 +295,29 @@ def test_predict_cli_serves_a_graph_model_from_feature_files_with_coords_only(
 
 
 def test_float16_wire_profile_sends_half_the_bytes_and_answers_as_eager(eager_models, served_bags, eager_outputs,
-                                                                       tmp_path):
+                                                                       tmp_path, monkeypatch):
     """The triton-python-wire16 profile: the config's features input is TYPE_FP16, the client casts the float32
-    bags itself, and every bag's outputs stay within float16 rounding of eager float32, over HTTP and with shared
-    memory."""
+    bags itself (onnxruntime's conversion, into the shared-memory region or the connection's scratch buffer), and
+    every bag's outputs stay within float16 rounding of eager float32, over HTTP, gRPC and shared memory."""
     from milsdk.export.api import export_checkpoint
     from milsdk.export.verify import VerificationPlan
+    from milsdk.serving import float16_cast
     from milsdk.utils.checkpoint import save_checkpoint
+
+    # the test bags are small: convert every one with onnxruntime, and count the conversions it makes
+    monkeypatch.setattr(float16_cast, "ONNXRUNTIME_MIN_ELEMENTS", 1)
+    session = float16_cast._cast_session()
+    conversions = []
+
+    class CountingSession:
+        def io_binding(self):
+            conversions.append(1)
+            return session.io_binding()
+
+        def run_with_iobinding(self, binding):
+            session.run_with_iobinding(binding)
+
+    monkeypatch.setattr(float16_cast, "_session", CountingSession())
 
     ckpt = save_checkpoint(eager_models["abmil"], tmp_path / "abmil.ckpt")
     result = export_checkpoint(ckpt, tmp_path / "out", profile="triton-python-wire16", triton_repo=tmp_path / "repo",
@@ -311,12 +327,15 @@ def test_float16_wire_profile_sends_half_the_bytes_and_answers_as_eager(eager_mo
     config = (tmp_path / "repo" / "abmil16" / "config.pbtxt").read_text()
     assert "TYPE_FP16" in config
     with TritonServer(tmp_path / "repo", exit_timeout_s=2) as server:
-        for shared_memory in (False, True):
-            with MILClient.from_triton(server.http_url, "abmil16", shared_memory=shared_memory) as client:
+        for url, protocol, shared_memory in ((server.http_url, "http", False), (server.http_url, "http", True),
+                                             (server.grpc_url, "grpc", False)):
+            del conversions[:]
+            with MILClient.from_triton(url, "abmil16", protocol=protocol, shared_memory=shared_memory) as client:
                 predictions = client.predict(served_bags)
+            assert conversions, protocol  # every request's features went through onnxruntime's conversion
             worst_logit = worst_att = 0.0
             for prediction, (logits, attention) in zip(predictions, eager_outputs["abmil"]):
                 assert prediction.ok, prediction.error
                 worst_logit = max(worst_logit, float(np.abs(prediction.logits - logits).max()))
                 worst_att = max(worst_att, float(np.abs(prediction.attention - attention).max()))
-            assert 0.0 < worst_logit <= 1e-2 and worst_att <= 1e-3, (shared_memory, worst_logit, worst_att)
+            assert 0.0 < worst_logit <= 1e-2 and worst_att <= 1e-3, (protocol, shared_memory, worst_logit, worst_att)

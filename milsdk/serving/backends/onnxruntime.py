@@ -12,6 +12,7 @@ import numpy as np
 from milsdk.contract import ATTENTION, FEATURES_CHECK, LOGITS, METADATA_KEY, ModelInfo
 from milsdk.errors import ArtifactError, ServingError
 from milsdk.serving.backends import first_line
+from milsdk.serving.float16_cast import to_float16
 from milsdk.utils.onnx_external_data import check_external_data
 
 __all__ = ["OnnxRuntimeBackend", "PREFERRED_PROVIDERS", "choose_providers"]
@@ -154,7 +155,10 @@ class OnnxRuntimeBackend:
         for name in self.info.inputs:
             array = inputs[name]
             wanted = self._input_types.get(name)
-            feed[name] = array if wanted is None or array.dtype == wanted else array.astype(wanted)
+            if wanted is None or array.dtype == wanted:
+                feed[name] = array
+            else:
+                feed[name] = to_float16(array) if wanted == np.float16 else array.astype(wanted)
         first = feed[self.info.inputs[0]]
         options = self._options_for(int(np.prod(first.shape[:2])) if first.ndim >= 2 else int(first.size))
         try:

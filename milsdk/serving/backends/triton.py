@@ -38,6 +38,7 @@ import numpy as np
 from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo, input_shape_error
 from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError, first_line
 from milsdk.serving.backends.triton_http import KSERVE_DATATYPES, HttpInferConnection
+from milsdk.serving.float16_cast import to_float16
 
 __all__ = ["API_KEY_ENV", "API_KEY_HEADER", "TritonBackend", "api_key_headers", "parse_triton_url"]
 
@@ -277,9 +278,9 @@ class TritonBackend:
             ServingError: the inputs disagree on their shared axes (B, N, E; the request is not sent), or the
                 server answered with an error for this batch.
         """
-        arrays = {name: self._as_config_dtype(name, inputs[name]) for name in self.info.inputs}
+        arrays = {name: inputs[name] for name in self.info.inputs}
         # the server would answer with its runtime's internal node names; say it in the contract's words, unsent
-        problem = input_shape_error({name: array.shape for name, array in arrays.items()})
+        problem = input_shape_error({name: np.shape(array) for name, array in arrays.items()})
         if problem is not None:
             raise ServingError(f"request to {self.url}, model {self.model_name!r}, not sent: {problem}")
         connection = self._connection()
@@ -290,9 +291,10 @@ class TritonBackend:
                     self._release_orphans(client)
                 if self.shared_memory:
                     return self._infer_shared_memory(connection, client, arrays)
+                wire = self._wire_arrays(connection, arrays)
                 if self.protocol == "http":
-                    return self._infer_http(connection, arrays)
-                return self._infer(client, arrays)
+                    return self._infer_http(connection, wire)
+                return self._infer(client, wire)
             except Exception as exc:  # classified below: retry-worthy or this batch's own error
                 error = self._classify(exc)
                 self._reset(connection)
@@ -302,15 +304,30 @@ class TritonBackend:
                 raise error from None
         raise AssertionError("unreachable")
 
-    def _as_config_dtype(self, name: str, array: np.ndarray) -> np.ndarray:
-        if self._config_inputs.get(name) == "TYPE_FP16" and array.dtype != np.float16:
-            return array.astype(np.float16)
-        return np.ascontiguousarray(array)
+    def _wire_dtype(self, name: str, array: np.ndarray) -> np.dtype:
+        """The dtype ``array`` travels as: float16 for an input the model's config declares TYPE_FP16 (the
+        float16 wire format), its own otherwise."""
+        return np.dtype(np.float16) if self._config_inputs.get(name) == "TYPE_FP16" else np.asarray(array).dtype
+
+    def _wire_arrays(self, connection: _Connection, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays as sent: contiguous, float16 inputs converted into the connection's scratch buffer (reused
+        from request to request: a fresh 33 MB array per request costs its first touch again)."""
+        wire = {}
+        for name, array in arrays.items():
+            if self._wire_dtype(name, array) == np.float16 and np.asarray(array).dtype != np.float16:
+                size = int(np.prod(np.shape(array)))
+                if connection.scratch is None or connection.scratch.size < size:
+                    connection.scratch = np.empty(size, np.float16)
+                wire[name] = to_float16(array, connection.scratch[:size].reshape(np.shape(array)))
+            else:
+                wire[name] = np.ascontiguousarray(array)
+        return wire
 
     def _inputs(self, arrays: dict[str, np.ndarray]) -> list[Any]:
         inputs = []
         for name, array in arrays.items():
-            tensor = self._module.InferInput(name, list(array.shape), KSERVE_DATATYPES[array.dtype.name])
+            dtype = self._wire_dtype(name, array)
+            tensor = self._module.InferInput(name, list(array.shape), KSERVE_DATATYPES[dtype.name])
             if not self.shared_memory:  # gRPC: HTTP requests without shared memory go through _infer_http
                 tensor.set_data_from_numpy(array)
             inputs.append(tensor)
@@ -341,8 +358,9 @@ class TritonBackend:
     ) -> dict[str, np.ndarray]:
         batch, n = arrays[self.info.inputs[0]].shape[:2]
         out_shapes = {LOGITS: (batch, self.info.n_classes), ATTENTION: (batch, n)}
+        wire_dtypes = {name: self._wire_dtype(name, array) for name, array in arrays.items()}
         layout, offset = {}, 0
-        for name, nbytes in [(k, a.nbytes) for k, a in arrays.items()] + [
+        for name, nbytes in [(k, int(np.prod(np.shape(a))) * wire_dtypes[k].itemsize) for k, a in arrays.items()] + [
             (k, int(np.prod(s)) * 4) for k, s in out_shapes.items()
         ]:
             layout[name] = (offset, nbytes)
@@ -351,7 +369,11 @@ class TritonBackend:
         inputs = self._inputs(arrays)
         for tensor, (name, array) in zip(inputs, arrays.items()):
             start, nbytes = layout[name]
-            region.write(array, start)
+            view = region.view(wire_dtypes[name], np.shape(array), start)
+            if wire_dtypes[name] == np.float16:
+                to_float16(np.asarray(array), view)  # converted straight into the region: one pass
+            else:
+                np.copyto(view, array, casting="no")
             tensor.set_shared_memory(region.name, nbytes, offset=start)
         outputs = []
         for name in out_shapes:
@@ -434,12 +456,14 @@ class _Connection:
     """One thread's tritonclient client, shared-memory region and HTTP inference connection, each made on first
     use."""
 
-    __slots__ = ("client", "region", "http")
+    __slots__ = ("client", "region", "http", "scratch")
 
     def __init__(self) -> None:
         self.client: Any = None
         self.region: _ShmRegion | None = None
         self.http: HttpInferConnection | None = None
+        #: (size,) float16: where float32 features are converted for the float16 wire format
+        self.scratch: np.ndarray | None = None
 
 
 class _ThreadConnection:
@@ -478,8 +502,9 @@ class _ShmRegion:
             shm.destroy_shared_memory_region(self.handle)
             raise
 
-    def write(self, array: np.ndarray, offset: int) -> None:
-        self._shm.set_shared_memory_region(self.handle, [array], offset=offset)
+    def view(self, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        """A writable array of ``shape`` and ``dtype`` over the region's bytes from ``offset``."""
+        return self._shm.get_contents_as_numpy(self.handle, dtype, list(shape), offset=offset)
 
     def read(self, shape: tuple[int, ...], offset: int) -> np.ndarray:
         return np.array(self._shm.get_contents_as_numpy(self.handle, np.float32, list(shape), offset=offset))
