@@ -25,6 +25,7 @@ import torch
 from milsdk.export import DeploymentModule, export_onnx, read_model_info, write_triton_model
 from milsdk.models import ABMIL, TransMIL
 from milsdk.serving import MILClient, TritonServer
+from milsdk.serving.client import IN_PROCESS_MAX_INSTANCES
 
 MODELS = {"abmil": ABMIL, "transmil": TransMIL}
 
@@ -113,8 +114,8 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch "
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, numpy {np.__version__}. "
         + (f"max_instances {args.max_instances} padded slots per request." if args.max_instances else
-           "Client defaults: in-process 4,096 padded slots per request, 1 in flight; Triton 32,768 slots, "
-           "4 in flight, the model's max_batch_size (8)."),
+           f"Client defaults: in-process {IN_PROCESS_MAX_INSTANCES:,} padded slots per request, 1 in flight; "
+           "Triton 32,768 slots, 4 in flight, the model's max_batch_size (8)."),
         "",
         "| model | path | seconds | bags/s | instances/s | padded slots | max abs logit diff vs eager |",
         "|---|---|---:|---:|---:|---:|---:|",

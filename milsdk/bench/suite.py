@@ -278,11 +278,12 @@ def planner_padding(count: int, seed: int = 0) -> list[dict[str, Any]]:
     """Padded-slot fraction of :func:`~milsdk.serving.plan_batches` on ``count`` log-normal bag sizes (median
     3,000, sigma 0.75: slides of a pathology cohort) with the in-process and the Triton client defaults."""
     from milsdk.serving import plan_batches
+    from milsdk.serving.client import IN_PROCESS_MAX_INSTANCES
 
     sizes = _lognormal_sizes(count, 3000, 0.75, seed)
     rows = []
     for label, budget, batch, cap in (
-        ("in-process defaults (from_path)", 4096, 16, 1.0),
+        ("in-process defaults (from_path)", IN_PROCESS_MAX_INSTANCES, 16, 1.0),
         ("Triton defaults (from_triton, max_batch_size 8, max_padding 0.03)", 32768, 8, 0.03),
         ("Triton budget without the padding cap (the previous default)", 32768, 8, 1.0),
     ):

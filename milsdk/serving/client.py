@@ -101,6 +101,9 @@ class RunStats:
                 setattr(self, key, getattr(self, key) + value)
 
 
+#: :meth:`MILClient.from_path`'s padded-slot budget per run (its docstring has the measurement behind it)
+IN_PROCESS_MAX_INSTANCES = 512
+
 class MILClient:
     """Predicts bags with one backend (see :mod:`milsdk.serving.backends`).
 
@@ -167,7 +170,7 @@ class MILClient:
         cls,
         path: str | Path,
         *,
-        max_instances: int = 512,
+        max_instances: int = IN_PROCESS_MAX_INSTANCES,
         max_batch_size: int = 16,
         max_in_flight: int = 1,
         check_finite: bool = True,
