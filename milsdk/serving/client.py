@@ -104,6 +104,7 @@ class RunStats:
 #: :meth:`MILClient.from_path`'s padded-slot budget per run (its docstring has the measurement behind it)
 IN_PROCESS_MAX_INSTANCES = 512
 
+
 class MILClient:
     """Predicts bags with one backend (see :mod:`milsdk.serving.backends`).
 

@@ -360,9 +360,8 @@ class TritonBackend:
         out_shapes = {LOGITS: (batch, self.info.n_classes), ATTENTION: (batch, n)}
         wire_dtypes = {name: self._wire_dtype(name, array) for name, array in arrays.items()}
         layout, offset = {}, 0
-        for name, nbytes in [(k, int(np.prod(np.shape(a))) * wire_dtypes[k].itemsize) for k, a in arrays.items()] + [
-            (k, int(np.prod(s)) * 4) for k, s in out_shapes.items()
-        ]:
+        sizes = [(k, int(np.prod(np.shape(a))) * wire_dtypes[k].itemsize) for k, a in arrays.items()]
+        for name, nbytes in sizes + [(k, int(np.prod(s)) * 4) for k, s in out_shapes.items()]:
             layout[name] = (offset, nbytes)
             offset += -(-nbytes // _SHM_ALIGN) * _SHM_ALIGN
         region = self._region(connection, client, offset)
