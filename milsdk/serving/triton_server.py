@@ -18,6 +18,7 @@ requests that carry the header ``milsdk-api-key: <api_key>`` (Triton's ``--http-
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import importlib.util
 import logging
@@ -29,11 +30,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,8 @@ RESTRICTABLE_APIS = (
 )
 _CONTROL_MODES = ("none", "explicit")
 _REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+#: prctl option from <linux/prctl.h>: the signal a process gets when its parent thread ends
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,7 @@ class TritonServer:
             self.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the server ourselves
+                preexec_fn=_ends_with_its_parent(),
             )
         regions: set[Path] = set()
         self._finalizer = weakref.finalize(self, _terminate, self.process, self.exit_timeout_s, regions)
@@ -460,6 +465,31 @@ def _terminate(process: subprocess.Popen, exit_timeout_s: int, regions: set[Path
             process.wait()
     for region in regions:  # named by a random UUID per server: only this server's
         region.unlink(missing_ok=True)
+
+
+def _ends_with_its_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM the server when this process ends, however it ends.
+
+    The server runs in its own session, and a process killed by a signal (SIGKILL, an unhandled SIGTERM,
+    ``os._exit``) runs no finalizer: without this, ``tritonserver`` and its backend stubs would outlive it.
+    Linux's ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, so it is set only when
+    starting from the main thread, whose end is the process's; elsewhere, or where ``prctl`` is missing, None
+    (the finalizer and :meth:`TritonServer.stop` are then the only ways the server is stopped).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not between fork and exec
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before the signal was armed
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 def _python_version(python: Path) -> str:

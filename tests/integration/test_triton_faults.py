@@ -238,6 +238,59 @@ def test_the_client_sends_the_key_from_the_environment(explicit_server, monkeypa
         MILClient.from_triton(explicit_server.grpc_url, "nope")
 
 
+# -- the process that started the server dies ------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if _alive(int(stat.parent.name)) and int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid]
+
+
+def test_a_process_killed_while_its_server_runs_takes_the_server_and_stubs_with_it(abmil_repo):
+    """SIGKILL runs no finalizer, and the server is in its own session: the kernel's parent-death signal ends it."""
+    script = ("import sys, time\nfrom milsdk.serving import TritonServer\n"
+              "server = TritonServer(sys.argv[1], exit_timeout_s=2).start()\n"
+              "print(server.pid, flush=True)\ntime.sleep(300)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script, str(abmil_repo)], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        stubs = _children(server_pid)
+        assert _alive(server_pid) and stubs, "the server and its Python-backend stub should be running"
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in [server_pid, *stubs]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in [server_pid, *stubs] if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after their owner was killed: {left}"
+
+
+def test_a_server_started_from_a_thread_outlives_the_thread(abmil_repo):
+    """The parent-death signal fires when the forking *thread* ends: a server started elsewhere than the main
+    thread must not get it."""
+    started: list[TritonServer] = []
+    worker = threading.Thread(target=lambda: started.append(TritonServer(abmil_repo, exit_timeout_s=2).start()))
+    worker.start()
+    worker.join()
+    server = started[0]
+    try:
+        time.sleep(1.0)
+        assert server.process.poll() is None
+        with MILClient.from_triton(server.http_url, "abmil") as client:
+            assert client.predict([np.ones((3, 64), dtype=np.float32)])[0].ok
+    finally:
+        server.stop()
+
+
 # -- port taken at `milsdk serve` -------------------------------------------------------------------------------
 def test_milsdk_serve_on_a_taken_port_is_one_line_naming_it_and_no_traceback(abmil_repo):
     with socket.socket() as busy:
