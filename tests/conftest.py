@@ -64,3 +64,39 @@ def run_process_tree(
 def process_tree_runner() -> Callable[..., subprocess.CompletedProcess]:
     """:func:`run_process_tree`, for tests that start process trees (torchrun, milsdk train --nproc)."""
     return run_process_tree
+
+
+@pytest.fixture(scope="session")
+def registered_export(tmp_path_factory) -> Callable[..., tuple]:
+    """``get(name, n_classes, fmt, dim)``: the registered model ``name`` in its declared test configuration
+    (``torch.manual_seed(0)``, then ``cls(in_shape=(dim,), n_classes=n_classes, **cls.test_config)``, eval mode)
+    and its ``fmt`` ("onnx" / "torchscript") artifact, both made once per session on first use.
+
+    The contract suite and the integration suite check the same exports (at the same ``dim``): exporting the
+    registry twice took about 80 s of the test run. The model is shared: a test must not change it.
+    """
+    import torch
+
+    from milsdk.export.onnx import export_onnx
+    from milsdk.export.torchscript import export_torchscript
+    from milsdk.models import get_model_class
+
+    exporters = {"onnx": (export_onnx, "model.onnx"), "torchscript": (export_torchscript, "model.pt")}
+    models: dict[tuple[str, int, int], torch.nn.Module] = {}
+    paths: dict[tuple[str, int, int, str], Path] = {}
+    root = tmp_path_factory.mktemp("registered_exports")
+
+    def get(name: str, n_classes: int, fmt: str, dim: int) -> tuple[torch.nn.Module, Path]:
+        key = (name, n_classes, dim)
+        if key not in models:
+            cls = get_model_class(name)
+            torch.manual_seed(0)
+            models[key] = cls(in_shape=(dim,), n_classes=n_classes, **cls.test_config).eval()
+        if (*key, fmt) not in paths:
+            export, filename = exporters[fmt]
+            folder = root / f"{name}_C{n_classes}_D{dim}"
+            folder.mkdir(exist_ok=True)
+            paths[(*key, fmt)] = export(models[key], folder / filename)
+        return models[key], paths[(*key, fmt)]
+
+    return get

@@ -1,43 +1,50 @@
-"""Fixtures of the integration tests: every registered model (in its declared test configuration, at D = 64)
+"""Fixtures of the integration tests: every registered model (in its declared test configuration, at D = 12)
 exported by milsdk.export into a Triton repository (the Python-backend variant, which the pip-installed server
 can run), their eager references, real servers. A new model is served and checked here without an edit."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from milsdk.export import DeploymentModule, export_onnx, read_model_info, write_triton_model
+from milsdk.export import DeploymentModule, read_model_info, write_triton_model
 from milsdk.models import get_model_class, list_models
 from milsdk.serving import TritonServer
 from milsdk.utils.graph import coords_graph
 
-D = 64
+#: feature width: the contract suite's, so that the artifacts it verifies are the ones served here
+D = 12
 #: Triton model name -> registered model name. Each model is served with its largest declared class count.
 MODEL_NAMES = {name.lower(): name for name in list_models()}
 
 
-def build(name: str) -> torch.nn.Module:
-    cls = get_model_class(name)
-    return cls(in_shape=(D,), n_classes=max(cls.test_n_classes), **cls.test_config)
+@pytest.fixture(scope="session")
+def feature_dim() -> int:
+    """D of every served model and bag."""
+    return D
 
 
 @pytest.fixture(scope="session")
-def eager_models() -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    return {served: build(name).eval() for served, name in MODEL_NAMES.items()}
+def registry_onnx(registered_export) -> dict[str, tuple[torch.nn.Module, Path]]:
+    """{Triton model name: (eager model, its model.onnx)}, exported once per session."""
+    return {served: registered_export(name, max(get_model_class(name).test_n_classes), "onnx", D)
+            for served, name in MODEL_NAMES.items()}
 
 
 @pytest.fixture(scope="session")
-def triton_repo(eager_models, tmp_path_factory):
+def eager_models(registry_onnx) -> dict[str, torch.nn.Module]:
+    return {served: model for served, (model, _) in registry_onnx.items()}
+
+
+@pytest.fixture(scope="session")
+def triton_repo(registry_onnx, tmp_path_factory):
     """A model repository with every registered model, Python backend (model.py running model.onnx)."""
-    root = tmp_path_factory.mktemp("triton")
-    repo = root / "model_repository"
-    for name, model in eager_models.items():
-        onnx_path = export_onnx(model, root / f"{name}.onnx")
+    repo = tmp_path_factory.mktemp("triton") / "model_repository"
+    for name, (_, onnx_path) in registry_onnx.items():
         write_triton_model(repo, name, {"onnx": onnx_path}, read_model_info(onnx_path), backend="python")
     return repo
 
@@ -103,11 +110,11 @@ def unused_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def abmil_server(eager_models, tmp_path_factory):
+def abmil_server(registry_onnx, tmp_path_factory):
     """A real Triton server with ABMIL alone (the Python-backend variant), for tests that need one served model
     and not the whole registry."""
     root = tmp_path_factory.mktemp("triton_abmil")
-    onnx_path = export_onnx(eager_models["abmil"], root / "abmil.onnx")
+    onnx_path = registry_onnx["abmil"][1]
     write_triton_model(root / "model_repository", "abmil", {"onnx": onnx_path}, read_model_info(onnx_path),
                        backend="python")
     with TritonServer(root / "model_repository", exit_timeout_s=2) as server:

@@ -21,8 +21,8 @@ def soak():
     return module
 
 
-def test_short_soak_has_no_error_and_every_answer_equals_onnxruntime(soak, abmil_server):
-    pool = soak.make_pool(40, 1500, 64, seed=1)
+def test_short_soak_has_no_error_and_every_answer_equals_onnxruntime(soak, abmil_server, feature_dim):
+    pool = soak.make_pool(40, 1500, feature_dim, seed=1)
     expected = soak.reference(abmil_server.repository / "abmil" / "1" / "model.onnx", pool)
     report = soak.run_soak(abmil_server, "abmil", pool, expected, n_requests=300, n_clients=4, warmup=2)
     assert (report.requests, report.errors, report.mismatches) == (300, 0, 0), report.first_errors
@@ -31,9 +31,9 @@ def test_short_soak_has_no_error_and_every_answer_equals_onnxruntime(soak, abmil
     assert "| 300 | 4 | 0 | 0 |" in report.markdown("setup")
 
 
-def test_the_soak_counts_a_wrong_answer_and_a_failed_request(soak, abmil_server):
+def test_the_soak_counts_a_wrong_answer_and_a_failed_request(soak, abmil_server, feature_dim):
     """The checker can fail: expected outputs that are off count as wrong answers, a bad bag as an error."""
-    pool = soak.make_pool(4, 50, 64, seed=2)
+    pool = soak.make_pool(4, 50, feature_dim, seed=2)
     expected = soak.reference(abmil_server.repository / "abmil" / "1" / "model.onnx", pool)
     expected[1] = (expected[1][0] + 1e-3, expected[1][1])
     pool[2] = pool[2][:, :10]  # the wrong feature dimension: the client refuses the bag

@@ -129,13 +129,14 @@ def test_server_killed_mid_run_and_restarted_loses_no_bag_of_four_concurrent_cli
 # -- request timeout --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_timeout_shorter_than_the_run_is_retried_then_one_error_naming_url_model_and_timeout(
-    abmil_server, served_bags, local_results, protocol
+    abmil_server, served_bags, local_results, protocol, feature_dim
 ):
-    """A 400,000-instance bag takes the model about a second; a 0.05 s request timeout cannot be met: the
-    request is retried until the deadline, then predict raises naming the URL, the model and the timeout. The
-    server is unharmed: the next run, with a normal timeout, gives every bag exactly."""
+    """A 100 MB bag (25.6M features: 400,000 instances at D = 64) takes the server about a second to read and
+    run; a 0.05 s request timeout cannot be met: the request is retried until the deadline, then predict raises
+    naming the URL, the model and the timeout. The server is unharmed: the next run, with a normal timeout,
+    gives every bag exactly."""
     url = abmil_server.http_url if protocol == "http" else abmil_server.grpc_url
-    huge = np.random.default_rng(3).normal(size=(400_000, 64)).astype(np.float32)
+    huge = np.random.default_rng(3).normal(size=(25_600_000 // feature_dim, feature_dim)).astype(np.float32)
     # a 5 s deadline: one attempt (serialising 100 MB, then the 0.05 s wait) took 0.9 s in a loaded CI run, so a
     # 1 s deadline could end inside the first attempt, with no retry to see
     client = MILClient.from_triton(url, "abmil", timeout_s=0.05, retry_deadline_s=5.0, max_in_flight=1)
@@ -274,7 +275,7 @@ def test_a_process_killed_while_its_server_runs_takes_the_server_and_stubs_with_
     assert not left, f"still running after their owner was killed: {left}"
 
 
-def test_a_server_started_from_a_thread_outlives_the_thread(abmil_repo):
+def test_a_server_started_from_a_thread_outlives_the_thread(abmil_repo, feature_dim):
     """The parent-death signal fires when the forking *thread* ends: a server started elsewhere than the main
     thread must not get it."""
     started: list[TritonServer] = []
@@ -286,7 +287,7 @@ def test_a_server_started_from_a_thread_outlives_the_thread(abmil_repo):
         time.sleep(1.0)
         assert server.process.poll() is None
         with MILClient.from_triton(server.http_url, "abmil") as client:
-            assert client.predict([np.ones((3, 64), dtype=np.float32)])[0].ok
+            assert client.predict([np.ones((3, feature_dim), dtype=np.float32)])[0].ok
     finally:
         server.stop()
 

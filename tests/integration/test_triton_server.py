@@ -132,9 +132,9 @@ def test_a_thread_that_ends_leaves_no_connection_or_region_behind(triton_server,
     admin.close()
 
 
-def test_bad_bags_among_good_ones_over_triton(triton_server, eval_bags):
-    bags = [eval_bags[0], np.ones((5, 3), np.float32), eval_bags[1], np.full((4, 64), np.nan, np.float32),
-            np.ones((0, 64), np.float32), eval_bags[2]]
+def test_bad_bags_among_good_ones_over_triton(triton_server, eval_bags, feature_dim):
+    bags = [eval_bags[0], np.ones((5, 3), np.float32), eval_bags[1], np.full((4, feature_dim), np.nan, np.float32),
+            np.ones((0, feature_dim), np.float32), eval_bags[2]]
     with MILClient.from_triton(triton_server.grpc_url, "abmil") as client:
         preds = client.predict(bags)
     assert [p.ok for p in preds] == [True, False, True, False, False, True]
@@ -171,14 +171,14 @@ def _request_count(url: str, model: str) -> int:
     return int(stats["success"]["count"]) + int(stats["fail"]["count"])
 
 
-def test_features_and_mask_of_different_n_are_refused_in_the_contracts_words(abmil_server):
+def test_features_and_mask_of_different_n_are_refused_in_the_contracts_words(abmil_server, feature_dim):
     import tritonclient.http
     from tritonclient.utils import InferenceServerException
 
     from milsdk.errors import ServingError
     from milsdk.serving.backends.triton import TritonBackend
 
-    features, mask = np.ones((1, 5, 64), np.float32), np.ones((1, 4), bool)
+    features, mask = np.ones((1, 5, feature_dim), np.float32), np.ones((1, 4), bool)
     # the client never sends such a request
     backend = TritonBackend(abmil_server.http_url, "abmil")
     before = _request_count(abmil_server.http_url, "abmil")
@@ -186,14 +186,14 @@ def test_features_and_mask_of_different_n_are_refused_in_the_contracts_words(abm
         backend.run({"features": features, "mask": mask})
     backend.close()
     assert str(caught.value) == (
-        f"request to {abmil_server.http_url}, model 'abmil', not sent: features has shape (1, 5, 64) and mask "
+        f"request to {abmil_server.http_url}, model 'abmil', not sent: features has shape (1, 5, {feature_dim}) and mask "
         "(1, 4): they disagree on N, the number of instances (5 vs 4)"
     )
     assert _request_count(abmil_server.http_url, "abmil") == before
 
     # and the served model.py answers another client's such request naming the inputs, not onnxruntime's nodes
     client = tritonclient.http.InferenceServerClient(abmil_server.http_url.removeprefix("http://"))
-    inputs = [tritonclient.http.InferInput("features", [1, 5, 64], "FP32"),
+    inputs = [tritonclient.http.InferInput("features", [1, 5, feature_dim], "FP32"),
               tritonclient.http.InferInput("mask", [1, 4], "BOOL")]
     inputs[0].set_data_from_numpy(features)
     inputs[1].set_data_from_numpy(mask)
@@ -201,12 +201,14 @@ def test_features_and_mask_of_different_n_are_refused_in_the_contracts_words(abm
         client.infer("abmil", inputs)
     client.close()
     assert answer.value.message() == (
-        "features has shape (1, 5, 64) and mask (1, 4): they disagree on n_instances (5 vs 4)"
+        f"features has shape (1, 5, {feature_dim}) and mask (1, 4): they disagree on n_instances (5 vs 4)"
     )
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_shared_memory_predict_leaks_no_region_even_where_a_dead_run_had_this_pid(abmil_server, tmp_path, protocol):
+def test_shared_memory_predict_leaks_no_region_even_where_a_dead_run_had_this_pid(
+    abmil_server, tmp_path, protocol, feature_dim
+):
     """In a container every run may get the same pid; regions a killed run left in /dev/shm must not be taken
     over (Python's resource tracker then reports them leaked at exit), nor removed: they are not ours."""
     import subprocess
@@ -215,7 +217,7 @@ def test_shared_memory_predict_leaks_no_region_even_where_a_dead_run_had_this_pi
 
     rng = np.random.default_rng(0)
     for i, n in enumerate([3, 40, 7, 120, 1, 60]):
-        np.save(tmp_path / f"bag{i}.npy", rng.normal(size=(n, 64)).astype(np.float32))
+        np.save(tmp_path / f"bag{i}.npy", rng.normal(size=(n, feature_dim)).astype(np.float32))
     url = abmil_server.http_url if protocol == "http" else abmil_server.grpc_url
     script = (
         "import os, sys\n"

@@ -11,6 +11,7 @@ PyTorch on each bag alone. A new model needs no edit here.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,7 @@ import torch
 
 from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, MASK
 from milsdk.export.artifact import read_model_info
-from milsdk.export.onnx import export_onnx
 from milsdk.export.signature import DeploymentModule
-from milsdk.export.torchscript import export_torchscript
 from milsdk.export.verify import VerificationPlan, verify_export
 from milsdk.models import MILModel, get_model_class, list_models
 from milsdk.serving import MILClient
@@ -30,6 +29,7 @@ from milsdk.serving.planner import pad_batch
 from milsdk.utils.graph import coords_graph
 from milsdk.utils.checkpoint import load_checkpoint, save_checkpoint
 
+#: feature width; the integration suite uses the same, so that both check (and export once) the same artifacts
 D = 12
 CASES = [
     pytest.param(name, c, id=f"{name}-C{c}")
@@ -304,24 +304,13 @@ def test_checkpoint_round_trip_gives_the_same_outputs(name, n_classes, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[tuple[str, int], tuple[MILModel, dict[str, Path]]]:
-    """Artifacts exported lazily, once per (model, n_classes): {format: path}."""
-    cache: dict[tuple[str, int], tuple[MILModel, dict[str, Path]]] = {}
-    root = tmp_path_factory.mktemp("contract_exports")
+def exported(registered_export) -> Callable[[str, int], tuple[MILModel, dict[str, Path]]]:
+    """``get(name, n_classes)``: the model as :func:`build` makes it, in eval mode, and its artifacts
+    {format: path}, exported once per session (the integration suite serves the same files)."""
 
     def get(name: str, n_classes: int) -> tuple[MILModel, dict[str, Path]]:
-        if (name, n_classes) not in cache:
-            model = build(name, n_classes).eval()
-            out = root / f"{name}_{n_classes}"
-            out.mkdir()
-            cache[(name, n_classes)] = (
-                model,
-                {
-                    "onnx": export_onnx(model, out / "model.onnx"),
-                    "torchscript": export_torchscript(model, out / "model.pt"),
-                },
-            )
-        return cache[(name, n_classes)]
+        paths = {fmt: registered_export(name, n_classes, fmt, D)[1] for fmt in FORMATS}
+        return registered_export(name, n_classes, "onnx", D)[0], paths
 
     return get
 
