@@ -4,6 +4,7 @@ Public API (imported on first use, so that ``import milsdk.export`` is cheap)::
 
     export_checkpoint(ckpt, output_dir, formats, triton_repo=..., profile=...) -> ExportResult
     export_onnx(model, path, opset=18, precision="float32") / export_torchscript(model, path)
+    quantize_onnx(float32_onnx, int8_path)  (the int8 export without tracing again)
     verify_export(artifact, model, plan=...) -> VerificationReport
     DeploymentModule(model), model_info(model, metadata)
     write_triton_model(repo, name, artifacts, info, backend=...), read_triton_config, check_triton_model
@@ -20,6 +21,7 @@ _EXPORTS = {
     "ExportResult": "api",
     "ExportedArtifact": "api",
     "export_onnx": "onnx",
+    "quantize_onnx": "onnx",
     "DEFAULT_OPSET": "onnx",
     "export_torchscript": "torchscript",
     "verify_export": "verify",
@@ -55,6 +57,7 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "model_info",
+    "quantize_onnx",
     "read_model_info",
     "read_triton_config",
     "verify_export",

@@ -135,18 +135,14 @@ def test_failed_save_leaves_no_file(abmil, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def transmil():
-    """TransMIL at D=1024 (small token width so that the test stays light), binary and 3-class."""
-    torch.manual_seed(0)
-    return {c: create_model("TransMIL", in_shape=(1024,), att_dim=64, n_classes=c).eval() for c in (1, 3)}
-
-
-@pytest.mark.parametrize("n_classes", [1, 3])
-def test_transmil_exports_and_verifies(transmil, tmp_path, n_classes):
+def test_transmil_exports_and_verifies(tmp_path):
     """TransMIL's ceil(sqrt(N)) squaring must stay symbolic: parity at bag sizes whose square differs from the
-    example's, padding invariance, N=1."""
-    model = transmil[n_classes]
+    example's, padding invariance, N=1. At D=1024 with a small token width, 3 classes: the default (binary)
+    TransMIL at D=1024 is checked at bags up to 5,000 in tests/models/test_transmil.py, and the contract suite
+    verifies both class counts in the test configuration."""
+    n_classes = 3
+    torch.manual_seed(0)
+    model = create_model("TransMIL", in_shape=(1024,), att_dim=64, n_classes=n_classes).eval()
     path = export_onnx(model, tmp_path / "transmil.onnx")
     inputs, outputs = onnx_signature(onnx.load(path))
     assert inputs[0].shape == ("batch", "n_instances", 1024) and outputs[0].shape == ("batch", n_classes)

@@ -11,9 +11,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from milsdk.contract import METADATA_KEY
-from milsdk.errors import ExportError
+from milsdk.errors import ArtifactError, ExportError
 from milsdk.export.artifact import read_model_info
-from milsdk.export.onnx import export_onnx
+from milsdk.export.onnx import export_onnx, quantize_onnx
 from milsdk.export.quantize import fold_transposed_weights
 from milsdk.export.torchscript import export_torchscript
 from milsdk.models import ABMIL, TransMIL
@@ -90,16 +90,44 @@ def test_a_node_after_the_scan_that_reads_its_producer_is_sorted_after_it():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """{name: (model, float32 path, int8 path)} for ABMIL and a small TransMIL."""
+    """{name: (model, float32 path, int8 path)} for ABMIL (int8 by ``export_onnx(precision="int8")``) and a small
+    TransMIL (int8 by ``quantize_onnx`` of its float32 file: tracing it again would take ~20 s)."""
     folder = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)
     out = {}
-    for name, model in (("ABMIL", ABMIL(in_shape=(D,), att_dim=16)),
-                        ("TransMIL", TransMIL(in_shape=(D,), att_dim=32, n_heads=2, n_landmarks=8))):
-        model.eval()
-        out[name] = (model, export_onnx(model, folder / f"{name}.onnx"),
-                     export_onnx(model, folder / f"{name}_int8.onnx", precision="int8"))
+    abmil = ABMIL(in_shape=(D,), att_dim=16).eval()
+    out["ABMIL"] = (abmil, export_onnx(abmil, folder / "ABMIL.onnx"),
+                    export_onnx(abmil, folder / "ABMIL_int8.onnx", precision="int8"))
+    transmil = TransMIL(in_shape=(D,), att_dim=32, n_heads=2, n_landmarks=8).eval()
+    fp32 = export_onnx(transmil, folder / "TransMIL.onnx")
+    out["TransMIL"] = (transmil, fp32, quantize_onnx(fp32, folder / "TransMIL_int8.onnx"))
     return out
+
+
+def test_quantizing_the_float32_file_writes_the_int8_export_byte_for_byte(exported, tmp_path):
+    _, fp32_path, int8_path = exported["ABMIL"]
+    again = quantize_onnx(fp32_path, tmp_path / "again.onnx")
+    assert again.read_bytes() == int8_path.read_bytes()
+    assert read_model_info(fp32_path).extra["export"]["precision"] == "float32"  # the source is left as it was
+
+
+def test_quantize_onnx_refuses_what_is_not_a_float32_export_in_one_line(exported, tmp_path):
+    abmil, fp32_path, int8_path = exported["ABMIL"]
+    fp16_path = export_onnx(abmil, tmp_path / "fp16.onnx", precision="float16")
+    for source, words in ((int8_path, "precision int8 and float32 features"),
+                          (fp16_path, "precision float16 and float32 features")):
+        with pytest.raises(ExportError, match="only a float32 export with float32 features") as info:
+            quantize_onnx(source, tmp_path / "out.onnx")
+        assert words in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ExportError, match="needs a path other than its float32 source"):
+        quantize_onnx(fp32_path, fp32_path)
+    not_milsdk = tmp_path / "plain.onnx"
+    plain = onnx.load(fp32_path)
+    del plain.metadata_props[:]
+    onnx.save(plain, not_milsdk)
+    with pytest.raises(ArtifactError):
+        quantize_onnx(not_milsdk, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.parametrize("name", ["ABMIL", "TransMIL"])
