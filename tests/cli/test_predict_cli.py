@@ -205,18 +205,20 @@ def test_url_with_an_unsupported_scheme_is_one_line(url, slides, tmp_path):
 
 
 GRAPH_MODELS = [name for name in list_models() if "adj" in get_model_class(name).extra_inputs]
+#: the contract suite's feature width, whose exports the graph-model tests reuse
+GRAPH_DIM = 12
 
 
-def write_coords_only_slides(folder, seed: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_coords_only_slides(folder, seed: int = 3, dim: int = D) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Three .h5 feature files (features + level-0 pixel coords of 512 px patches, no graph) of 40, 9 and 1
-    instances; {bag name: (features (N, D), coords (N, 2))}."""
+    instances; {bag name: (features (N, dim), coords (N, 2))}."""
     rng = np.random.default_rng(seed)
     folder.mkdir()
     bags = {}
     for name, n in (("s1", 40), ("s2", 9), ("s3", 1)):
         cells = rng.permutation(64)[:n]
         coords = np.stack([cells // 8, cells % 8], axis=1) * 512
-        features = rng.normal(size=(n, D)).astype(np.float32)
+        features = rng.normal(size=(n, dim)).astype(np.float32)
         with h5py.File(folder / f"{name}.h5", "w") as f:
             f["features"], f["coords"] = features, coords
         bags[name] = (features, coords)
@@ -247,17 +249,14 @@ def check_graph_predictions(model, csv_path, bags) -> None:
             assert float(row["probability"]) == pytest.approx(float(torch.sigmoid(logits[0, 0])), abs=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("name", GRAPH_MODELS)
-def test_a_graph_model_predicts_feature_files_with_coords_only(tmp_path, fmt, name):
+def test_a_graph_model_predicts_feature_files_with_coords_only(tmp_path, fmt, name, registered_export):
     """The same .h5 files (features + pixel coords, no graph) serve every graph model: the client builds each
-    bag's 8-neighbour graph from its coords; the scores equal eager PyTorch on that graph, each bag alone."""
-    cls = get_model_class(name)
-    torch.manual_seed(0)
-    model = cls(in_shape=(D,), **cls.test_config).eval()
-    exporter = export_onnx if fmt == "onnx" else export_torchscript
-    path = exporter(model, tmp_path / f"{name}.{fmt}")
-    bags = write_coords_only_slides(tmp_path / "slides")
+    bag's 8-neighbour graph from its coords; the scores equal eager PyTorch on that graph, each bag alone. The
+    binary models and artifacts of the contract suite (its D = 12), exported once per session."""
+    model, path = registered_export(name, 1, fmt, GRAPH_DIM)
+    bags = write_coords_only_slides(tmp_path / "slides", dim=GRAPH_DIM)
     out = tmp_path / "preds.csv"
     result = run(path, tmp_path / "slides", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
