@@ -405,61 +405,70 @@ class Trainer:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         )
         compute = self._train_module if training else self.wrapper.compute_loss
+        # The bar is advanced by hand, not wrapped around the loader: tqdm's iterator closes the bar when the
+        # loader ends, and Ctrl-C inside that close left the line unended under the CLI's "Interrupted" line.
+        # Every close happens here, with Ctrl-C held until it is done.
         with _ctrl_c_deferred():  # a bar interrupted half-made prints a traceback when it is collected
             pbar = tqdm(
-                loader,
                 total=n_batches,
                 desc=f"[Epoch {self.epoch}] {mode}",
                 disable=self.disable_pbar or not self.ctx.is_main,
                 leave=True,
             )
-        local_loss, local_bags, pending = 0.0, 0, False
-        if training:
-            self.optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad() if training else torch.no_grad():
-            for i, batch in enumerate(pbar):
-                batch = _to_device(batch, self.device)
-                Y = batch["Y"]
-                group_start = (i // accum) * accum
-                group_size = accum if n_batches is None else min(accum, n_batches - group_start)
-                closes_group = (i - group_start + 1) == group_size
-                sync = contextlib.nullcontext()
-                if training and not closes_group and isinstance(self._train_module, DistributedDataParallel):
-                    sync = self._train_module.no_sync()
-                with sync:
-                    with autocast:
-                        logits, loss_dict = compute(batch)
-                        loss = self._total_loss(loss_dict)
-                    if training:
-                        scaled = loss / group_size
-                        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                        pending = True
-                if training and closes_group:
-                    self._optimizer_step()
-                    pending = False
+        try:
+            local_loss, local_bags, pending = 0.0, 0, False
+            if training:
+                self.optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad() if training else torch.no_grad():
+                for i, batch in enumerate(loader):
+                    batch = _to_device(batch, self.device)
+                    Y = batch["Y"]
+                    group_start = (i // accum) * accum
+                    group_size = accum if n_batches is None else min(accum, n_batches - group_start)
+                    closes_group = (i - group_start + 1) == group_size
+                    sync = contextlib.nullcontext()
+                    if training and not closes_group and isinstance(self._train_module, DistributedDataParallel):
+                        sync = self._train_module.no_sync()
+                    with sync:
+                        with autocast:
+                            logits, loss_dict = compute(batch)
+                            loss = self._total_loss(loss_dict)
+                        if training:
+                            scaled = loss / group_size
+                            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                            pending = True
+                    if training and closes_group:
+                        self._optimizer_step()
+                        pending = False
 
-                n_bags = int(Y.shape[0]) if Y.dim() > 0 else 1
-                means["loss"].update(loss.detach(), n_bags)
-                for name, value in loss_dict.items():
-                    means.setdefault(name, Mean().to(self.device)).update(value.detach(), n_bags)
-                logits = logits.detach().float()
-                for metric in self.metrics_dict.values():
-                    metric.update(logits, Y)
-                if not pbar.disable:
-                    local_loss += float(loss.detach()) * n_bags
-                    local_bags += n_bags
-                    pbar.set_postfix({f"{mode}/loss": local_loss / local_bags}, refresh=False)  # redraw at tqdm's pace
-            if training and pending:
-                self._sync_leftover_grads()
-                self._optimizer_step()
-        if self.ctx.enabled:  # a rank that got no batch knows no loss name: agree before reducing
-            gathered: list[list[str]] = [[] for _ in range(self.ctx.world_size)]
-            torch.distributed.all_gather_object(gathered, list(means))
-            merged = dict.fromkeys(n for names in gathered for n in names)  # the same order on every rank
-            means = {n: means[n] if n in means else Mean().to(self.device) for n in merged}
-        values = {f"{mode}/{name}": mean.compute() for name, mean in means.items()}
-        for name, metric in self.metrics_dict.items():
-            values[f"{mode}/{name}"] = _as_float(metric.compute())
+                    n_bags = int(Y.shape[0]) if Y.dim() > 0 else 1
+                    means["loss"].update(loss.detach(), n_bags)
+                    for name, value in loss_dict.items():
+                        means.setdefault(name, Mean().to(self.device)).update(value.detach(), n_bags)
+                    logits = logits.detach().float()
+                    for metric in self.metrics_dict.values():
+                        metric.update(logits, Y)
+                    if not pbar.disable:
+                        local_loss += float(loss.detach()) * n_bags
+                        local_bags += n_bags
+                        # shown at the next redraw, at tqdm's pace
+                        pbar.set_postfix({f"{mode}/loss": local_loss / local_bags}, refresh=False)
+                        pbar.update(1)
+                if training and pending:
+                    self._sync_leftover_grads()
+                    self._optimizer_step()
+            if self.ctx.enabled:  # a rank that got no batch knows no loss name: agree before reducing
+                gathered: list[list[str]] = [[] for _ in range(self.ctx.world_size)]
+                torch.distributed.all_gather_object(gathered, list(means))
+                merged = dict.fromkeys(n for names in gathered for n in names)  # the same order on every rank
+                means = {n: means[n] if n in means else Mean().to(self.device) for n in merged}
+            values = {f"{mode}/{name}": mean.compute() for name, mean in means.items()}
+            for name, metric in self.metrics_dict.items():
+                values[f"{mode}/{name}"] = _as_float(metric.compute())
+        except BaseException:  # Ctrl-C or an error mid-epoch: end the bar's line before anything is printed
+            with _ctrl_c_deferred():
+                pbar.close()
+            raise
         with _ctrl_c_deferred():
             if not pbar.disable:
                 pbar.set_postfix({k: round(v, 4) for k, v in values.items()})

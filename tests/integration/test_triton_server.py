@@ -186,8 +186,8 @@ def test_features_and_mask_of_different_n_are_refused_in_the_contracts_words(abm
         backend.run({"features": features, "mask": mask})
     backend.close()
     assert str(caught.value) == (
-        f"request to {abmil_server.http_url}, model 'abmil', not sent: features has shape (1, 5, {feature_dim}) and mask "
-        "(1, 4): they disagree on N, the number of instances (5 vs 4)"
+        f"request to {abmil_server.http_url}, model 'abmil', not sent: features has shape (1, 5, {feature_dim}) "
+        "and mask (1, 4): they disagree on N, the number of instances (5 vs 4)"
     )
     assert _request_count(abmil_server.http_url, "abmil") == before
 

@@ -401,3 +401,55 @@ def test_ctrl_c_inside_a_progress_bar_call_is_raised_after_it():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with _ctrl_c_deferred():
         pass  # no signal: nothing raised
+
+
+def test_ctrl_c_in_a_batch_ends_the_bars_line_before_it_propagates(capsys):
+    """Ctrl-C while a batch runs (here: in the metric's update of the epoch's last batch) left the bar's line
+    open until the bar was collected, and the CLI's 'Interrupted: ...' line was printed on the end of it."""
+
+    class InterruptedMetric(ScriptedMetric):
+        updates = 0
+
+        def update(self, logits, Y):
+            self.updates += 1
+            if self.updates == 2:
+                raise KeyboardInterrupt
+
+    model = small_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), metrics_dict={"m": InterruptedMetric([0.0])},
+                      obj_metric="loss", obj_metric_mode="min", disable_pbar=False, verbose=False)
+    try:
+        trainer.train(1, loader(make_bags(8)))
+    except KeyboardInterrupt:  # read while the exception (and so the epoch's frame) lives, as the CLI prints
+        err = capsys.readouterr().err
+    else:
+        pytest.fail("the KeyboardInterrupt did not propagate")
+    assert "[Epoch 1] train" in err and "1/2" in err  # interrupted in the second batch
+    assert err.endswith("\n"), repr(err[-200:])
+
+
+def test_ctrl_c_while_the_bar_closes_is_held_until_its_line_is_ended(capsys, monkeypatch):
+    """A real SIGINT raised inside the bar's close (the window after an epoch's last batch, where tqdm's own
+    iterator used to close the bar with Ctrl-C live): the line is ended first, then KeyboardInterrupt is raised."""
+    import signal
+
+    import milsdk.utils.trainer as trainer_module
+
+    class SignalInClose(trainer_module.tqdm):
+        def close(self):
+            if not self.disable:
+                signal.raise_signal(signal.SIGINT)
+            super().close()
+
+    monkeypatch.setattr(trainer_module, "tqdm", SignalInClose)
+    model = small_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), obj_metric="loss", obj_metric_mode="min",
+                      disable_pbar=False, verbose=False)
+    try:
+        trainer.train(1, loader(make_bags(8)))
+    except KeyboardInterrupt:
+        err = capsys.readouterr().err
+    else:
+        pytest.fail("the KeyboardInterrupt did not propagate")
+    assert "[Epoch 1] train" in err and "2/2" in err
+    assert err.endswith("\n"), repr(err[-200:])
