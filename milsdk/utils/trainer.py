@@ -470,8 +470,8 @@ class Trainer:
                 pbar.close()
             raise
         with _ctrl_c_deferred():
-            if not pbar.disable:
-                pbar.set_postfix({k: round(v, 4) for k, v in values.items()})
+            if not pbar.disable:  # the epoch's figures, drawn once, by the close
+                pbar.set_postfix({k: round(v, 4) for k, v in values.items()}, refresh=False)
             pbar.close()
         return values
 
