@@ -385,7 +385,18 @@ def test_seed_quick_start_runs_as_written(tmp_path, monkeypatch):
     )
 
 
-def test_ctrl_c_inside_a_progress_bar_call_is_raised_after_it():
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test: a run started as a shell's background job inherits SIGINT
+    ignored, and Python then installs none."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_a_progress_bar_call_is_raised_after_it(python_ctrl_c):
     """Ctrl-C that lands in tqdm's constructor or close is held until the call is done, then raised: a bar
     interrupted half-made printed an ignored AttributeError traceback after the CLI's clean 'Interrupted' line."""
     import signal
@@ -428,7 +439,7 @@ def test_ctrl_c_in_a_batch_ends_the_bars_line_before_it_propagates(capsys):
     assert err.endswith("\n"), repr(err[-200:])
 
 
-def test_ctrl_c_while_the_bar_closes_is_held_until_its_line_is_ended(capsys, monkeypatch):
+def test_ctrl_c_while_the_bar_closes_is_held_until_its_line_is_ended(capsys, monkeypatch, python_ctrl_c):
     """A real SIGINT raised inside the bar's close (the window after an epoch's last batch, where tqdm's own
     iterator used to close the bar with Ctrl-C live): the line is ended first, then KeyboardInterrupt is raised."""
     import signal
