@@ -464,3 +464,26 @@ def test_ctrl_c_while_the_bar_closes_is_held_until_its_line_is_ended(capsys, mon
         pytest.fail("the KeyboardInterrupt did not propagate")
     assert "[Epoch 1] train" in err and "2/2" in err
     assert err.endswith("\n"), repr(err[-200:])
+
+
+def test_each_loader_is_iterated_once_per_epoch():
+    """tqdm.auto's bar wrapped around a loader calls iter() on it in its constructor (for async iteration): one
+    wasted DataLoader iterator per epoch and loop, i.e. worker processes started for nothing and a shuffle
+    generator drawn from twice. The bar is now advanced by hand."""
+
+    class CountingLoader:
+        def __init__(self, inner):
+            self.inner, self.iterations = inner, 0
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __iter__(self):
+            self.iterations += 1
+            return iter(self.inner)
+
+    train, val = CountingLoader(loader(make_bags(8), shuffle=True)), CountingLoader(loader(make_bags(4, seed=1)))
+    model = small_model()
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), obj_metric="loss", obj_metric_mode="min",
+            disable_pbar=False, verbose=False).train(3, train, val_dataloader=val)
+    assert (train.iterations, val.iterations) == (3, 3)
