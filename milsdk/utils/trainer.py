@@ -415,6 +415,7 @@ class Trainer:
                 disable=self.disable_pbar or not self.ctx.is_main,
                 leave=True,
             )
+        values: dict[str, float] = {}  # filled once the epoch has run
         try:
             local_loss, local_bags, pending = 0.0, 0, False
             if training:
@@ -465,14 +466,11 @@ class Trainer:
             values = {f"{mode}/{name}": mean.compute() for name, mean in means.items()}
             for name, metric in self.metrics_dict.items():
                 values[f"{mode}/{name}"] = _as_float(metric.compute())
-        except BaseException:  # Ctrl-C or an error mid-epoch: end the bar's line before anything is printed
+        finally:  # also on Ctrl-C or an error mid-epoch: the bar's line is ended before anything else is printed
             with _ctrl_c_deferred():
+                if values and not pbar.disable:  # the epoch's figures, drawn once, by the close
+                    pbar.set_postfix({k: round(v, 4) for k, v in values.items()}, refresh=False)
                 pbar.close()
-            raise
-        with _ctrl_c_deferred():
-            if not pbar.disable:  # the epoch's figures, drawn once, by the close
-                pbar.set_postfix({k: round(v, 4) for k, v in values.items()}, refresh=False)
-            pbar.close()
         return values
 
     def _log(self, values: dict[str, float]) -> None:
