@@ -6,8 +6,9 @@ raw default onnxruntime session on the same padded batches, and with ``triton=Tr
 shared memory through the client (a real server, Python backend), HTTP and shared memory also with the float16 wire
 format (the model exported with float16 features, as the ``triton-python-wire16`` profile does). Each measurement
 is the median (p50) and p99 of ``repeats`` timed calls after ``warmup`` untimed ones, one bag per call;
-instances/s = N / p50. The FLOPs of the model's matrix products are counted once per size (:func:`~milsdk.bench.workload.count_flops`), so every path's
-GFLOP/s can be read against the machine's GEMM ceiling (:mod:`milsdk.bench.ceilings`) measured in the same run.
+instances/s = N / p50. The FLOPs of the model's matrix products are counted once per size
+(:func:`~milsdk.bench.workload.count_flops`), so every path's GFLOP/s can be read against the machine's GEMM
+ceiling (:mod:`milsdk.bench.ceilings`) measured in the same run.
 Peak RSS of one bag is measured in a fresh process per path (:mod:`milsdk.bench.rss`), the planner's padding on
 512 log-normal bag sizes, and the client's overhead over the raw session (:mod:`milsdk.bench.overhead`).
 

@@ -211,6 +211,8 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         ExportError: ``source`` is not a float32 export with float32 features, or quantisation failed.
     """
     path = Path(path)
+    if path.resolve() == Path(source).resolve():
+        raise ExportError(f"{path}: the int8 export needs a path other than its float32 source")
     proto = load_onnx(source)
     info = read_onnx_info(proto, source=str(source))
     details = info.extra.get("export", {})
@@ -220,8 +222,6 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
             f"{source}: only a float32 export with float32 features can be quantised to int8; this one has "
             f"precision {done_as[0]} and {done_as[1]} features"
         )
-    if path.resolve() == Path(source).resolve():
-        raise ExportError(f"{path}: the int8 export needs a path other than its float32 source")
     return _check_and_save(quantize_int8(proto), with_export_details(info, precision="int8"), "float32", path)
 
 

@@ -479,7 +479,7 @@ def _ends_with_its_parent() -> Callable[[], None] | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not between fork and exec
+        prctl = ctypes.CDLL(None).prctl  # resolved here, not between fork and exec
     except (OSError, AttributeError):
         return None
     parent = os.getpid()
