@@ -61,6 +61,12 @@ def run_process_tree(
 
 
 @pytest.fixture(scope="session")
+def process_descendants() -> Callable[[int], list[int]]:
+    """:func:`_descendants`: every process below a pid (zombies included), read from /proc."""
+    return _descendants
+
+
+@pytest.fixture(scope="session")
 def process_tree_runner() -> Callable[..., subprocess.CompletedProcess]:
     """:func:`run_process_tree`, for tests that start process trees (torchrun, milsdk train --nproc)."""
     return run_process_tree

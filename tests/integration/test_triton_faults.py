@@ -248,12 +248,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _children(pid: int) -> list[int]:
-    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
-            if _alive(int(stat.parent.name)) and int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid]
-
-
-def test_a_process_killed_while_its_server_runs_takes_the_server_and_stubs_with_it(abmil_repo):
+def test_a_process_killed_while_its_server_runs_takes_the_server_and_stubs_with_it(abmil_repo, process_descendants):
     """SIGKILL runs no finalizer, and the server is in its own session: the kernel's parent-death signal ends it."""
     script = ("import sys, time\nfrom milsdk.serving import TritonServer\n"
               "server = TritonServer(sys.argv[1], exit_timeout_s=2).start()\n"
@@ -261,7 +256,7 @@ def test_a_process_killed_while_its_server_runs_takes_the_server_and_stubs_with_
     owner = subprocess.Popen([sys.executable, "-c", script, str(abmil_repo)], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(owner.stdout.readline())
-        stubs = _children(server_pid)
+        stubs = [pid for pid in process_descendants(server_pid) if _alive(pid)]
         assert _alive(server_pid) and stubs, "the server and its Python-backend stub should be running"
     finally:
         owner.kill()
