@@ -3,9 +3,17 @@
 Weights of every matrix product with a constant right-hand side (the Linear layers: an attention MIL model's
 first layer, the transformer's qkv / output projections, the classifier) become int8, per output channel; the
 activations are quantised on the fly, per tensor, to uint8 (``DynamicQuantizeLinear`` -> ``MatMulInteger``,
-which onnxruntime fuses into ``DynamicQuantizeMatMul``: u8 x s8 with AVX-512 VNNI on this CPU). Products of two
-activations (attention scores, the Nystrom pieces, the attention-weighted sum of the features) and everything
-else (softmaxes, norms) stay float32, so the attention distribution keeps its float32 normalisation.
+which onnxruntime fuses into ``DynamicQuantizeMatMul``). Products of two activations (attention scores, the
+Nystrom pieces, the attention-weighted sum of the features) and everything else (softmaxes, norms) stay float32,
+so the attention distribution keeps its float32 normalisation.
+
+Why the weights use 7 of the 8 bits (``reduce_range``): an artifact is quantised once and served on whatever CPU
+runs it. With AVX-512 VNNI (``vpdpbusd``) onnxruntime's u8 x s8 kernel sums products in int32, exactly; on a CPU
+with AVX2 only (AMD Zen 3, Intel before Ice Lake) it uses ``vpmaddubsw``, which adds two u8 x s8 products into a
+*saturating* int16: 2 x 255 x 127 overflows it, 2 x 255 x 64 = 32,640 does not. Measured on a Zen 3 (AVX2, no
+VNNI), D = 1024, synthetic bags of 1 to 2,000 instances, against eager float32: full-range weights changed a
+probability by up to 0.014 (ABMIL) and 0.040 (TransMIL), attention Spearman down to 0.989 / 0.990; 7-bit weights
+0.0013 / 0.0016 and 0.9986 / 0.9997. The kernels are the same, so 7 bits cost no speed on either kind of CPU.
 
 Why the weights must be initializers first: the dynamo exporter keeps a ``Transpose`` between a weight and its
 MatMul when the weight is used more than once (TransMIL's qkv), and onnxruntime's quantiser quantises only
@@ -112,7 +120,8 @@ def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
         proto: the float32 graph (deployment signature; its inputs and outputs are unchanged).
 
     Returns:
-        A new ModelProto: int8 weights per output channel for MatMul / Gemm with constant weights.
+        A new ModelProto: int8 weights (7-bit range, -64..64) per output channel for MatMul / Gemm with constant
+        weights.
 
     Raises:
         ExportError: the quantiser failed.
@@ -132,6 +141,8 @@ def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
         try:
             quantize_dynamic(
                 src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
+                # 7-bit weights: exact on AVX2's saturating int16 sums too (module docstring)
+                reduce_range=True,
                 # products of two activations (attention, Nystrom) stay float32
                 # the chunked attention's projections sit in Scan bodies (TransMIL: q, k, v and the output
                 # projection); their weights are the outer graph's initializers
