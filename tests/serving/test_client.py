@@ -228,7 +228,8 @@ def test_progress_bar_and_close(capsys):
     backend = FakeBackend()
     with MILClient(backend) as client:
         client.predict(bags_of([3, 4, 5]), progress=True)
-    assert "3/3" in capsys.readouterr().err
+        assert "3/3" in capsys.readouterr().err
+        assert len(client.predict(bags_of([3, 4]))) == 2 and capsys.readouterr().err == ""  # no bar asked for
     assert backend.closed
 
 
