@@ -89,7 +89,7 @@ def raw_feed(bags: Sequence[Any], info: Any, max_instances: int, max_batch_size:
 
 def client_overhead(
     client: Any, raw_session: Any, label: str, bags: Sequence[Any], repeats: int = 5, warmup: int = 2,
-    settle_s: float = 0.05,
+    settle_s: float = 0.25,
 ) -> OverheadResult:
     """Time ``client.predict(bags)`` against ``raw_session`` on the same padded batches, alternately.
 
@@ -100,8 +100,10 @@ def client_overhead(
         bags: the bags, as the client takes them.
         repeats: timed runs of each, after ``warmup`` untimed ones.
         settle_s: idle time after each timed call. onnxruntime's default pool spins on after a run; without a
-            pause the raw session's spinning threads would take a core from the client's next call (measured:
-            the client's session ran 10-40% slower inside ``run`` than the raw one on the same batch).
+            long enough pause the raw session's spinning threads take a core from the client's next call. The
+            spinning lasts longer than it seems: a default session's worker burned 60-80 ms of CPU in the 100 ms
+            after a run on a 2-core AMD Zen 3, and with a 50 ms pause the client's runs of a 4,000-instance ABMIL
+            bag took 23.7 ms against the raw session's 14.9 (16.3 with 0.2 s: the pause, not the client).
     """
     from milsdk.contract import ATTENTION, LOGITS
 

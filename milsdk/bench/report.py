@@ -209,7 +209,8 @@ def write_report(results: dict[str, Any], path: Path, plot_name: str = "throughp
         "## Client overhead over a default onnxruntime session",
         "",
         "The raw session runs the client's own padded batches, built before the clock starts; the two alternate "
-        "call by call. 'outside run' is the client's time outside `backend.run` against the raw time.",
+        f"call by call, {config.get('settle_s', 0.05):g} s apart (a default session's threads spin on after its "
+        "run). 'outside run' is the client's time outside `backend.run` against the raw time.",
         "",
         "| model | bags | instances | raw ms (p50) | client ms (p50) | overhead (p50) | overhead (fastest calls) "
         "| outside run |",

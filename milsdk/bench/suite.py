@@ -71,6 +71,8 @@ class SuiteConfig:
         gemm_shapes: (m, k, n) of the ceiling GEMMs.
         bandwidth_bytes: size of the copy that measures memory bandwidth.
         planner_bags: how many log-normal bag sizes the padding measurement plans.
+        settle_s: the client-overhead measurement's pause after each call, so that a default session's
+            spinning threads are done before the other side runs (:func:`~milsdk.bench.overhead.client_overhead`).
         quick: a smoke run (tiny sizes); the report says so.
     """
 
@@ -87,6 +89,7 @@ class SuiteConfig:
     gemm_shapes: Sequence[tuple[int, int, int]] = ((16_000, 1024, 128), (4096, 4096, 4096))
     bandwidth_bytes: int = 512 << 20
     planner_bags: int = 512
+    settle_s: float = 0.25
     quick: bool = False
     seed: int = 0
     command: str = ""
@@ -97,7 +100,8 @@ def quick_config(out_dir: Path, **overrides: Any) -> SuiteConfig:
     256 instances, small ceilings, peak RSS of the onnxruntime path only."""
     settings = dict(
         out_dir=out_dir, models=QUICK_MODELS, sizes=(64, 256), dim=64, repeats=3, warmup=1, max_seconds=10.0,
-        gemm_shapes=((2048, 64, 128), (256, 256, 256)), bandwidth_bytes=16 << 20, planner_bags=512, quick=True,
+        gemm_shapes=((2048, 64, 128), (256, 256, 256)), bandwidth_bytes=16 << 20, planner_bags=512, settle_s=0.02,
+        quick=True,
     )
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return SuiteConfig(**settings)
@@ -243,7 +247,8 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
                     runner.measure(name, path, n, flops, None, skipped=reason)
                 continue
             try:
-                result = client_overhead(onnx_client, raw, f"1 bag x {n}", client_bag, config.repeats, config.warmup)
+                result = client_overhead(onnx_client, raw, f"1 bag x {n}", client_bag, config.repeats, config.warmup,
+                                         config.settle_s)
             except Exception as exc:  # noqa: BLE001 - reported
                 reason = f"failed: {str(exc).splitlines()[0][:200]}"
                 for path in ("onnxruntime (MILClient)", "onnxruntime raw session"):
@@ -470,5 +475,6 @@ def _multi_bag_overhead(prepared: PreparedModel, config: SuiteConfig) -> list[di
     bags = [make_bag(int(n), config.dim, seed=i)["features"] for i, n in enumerate(sizes)]
     with MILClient.from_path(prepared.onnx_path) as client:
         raw = ort.InferenceSession(str(prepared.onnx_path), providers=["CPUExecutionProvider"])
-        result = client_overhead(client, raw, f"64 bags, median {median}", bags, config.repeats, config.warmup)
+        result = client_overhead(client, raw, f"64 bags, median {median}", bags, config.repeats, config.warmup,
+                                 config.settle_s)
     return [_overhead_row(prepared.name, result)]
