@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from milsdk.utils.cpu import cpu_flags
+
 __all__ = ["machine_info"]
 
 _PACKAGES = ("milsdk", "numpy", "torch", "onnxruntime", "onnx", "torchmil", "tritonclient")
@@ -22,7 +24,7 @@ def _cpuinfo() -> tuple[str, list[str]]:
         return platform.processor() or platform.machine(), []
     model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
                  platform.processor() or platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags()
     return model, [f for f in _FLAGS if f in flags]
 
 

@@ -109,3 +109,38 @@ def test_the_arena_is_released_after_a_batch_at_most_half_the_largest_held(abmil
     np.testing.assert_array_equal(first["logits"], again["logits"])
     never = OnnxRuntimeBackend(abmil_onnx, shrink_arena=False)
     assert [never._options_for(n) is never._keep_options for n in (1000, 1, 1)] == [True, True, True]
+
+
+def _int8_weights_artifact(source, path):
+    """``source`` quantised with int8 weights, as milsdk did before it used uint8, metadata kept."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(source, path, weight_type=QuantType.QInt8, per_channel=True)
+    proto, original = onnx.load(path), onnx.load(source)
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(original.metadata_props)
+    onnx.save(proto, path)
+    return path
+
+
+def test_int8_weights_on_a_cpu_without_vnni_are_warned_about_in_one_line(abmil_onnx, tmp_path, monkeypatch, caplog):
+    import milsdk.utils.cpu
+    from milsdk.export.quantize import quantize_int8
+    from milsdk.serving.backends.onnxruntime import int8_weight_products
+
+    old = _int8_weights_artifact(abmil_onnx, tmp_path / "int8_weights.onnx")
+    current = tmp_path / "uint8_weights.onnx"
+    onnx.save(quantize_int8(onnx.load(abmil_onnx)), current)
+    assert int8_weight_products(onnx.load(old).graph) and not int8_weight_products(onnx.load(current).graph)
+    assert not int8_weight_products(onnx.load(abmil_onnx).graph)
+    for flags, warned in (({"avx2"}, True), ({"avx2", "avx512_vnni"}, False)):
+        monkeypatch.setattr(milsdk.utils.cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
+        for path, int8 in ((old, True), (current, False)):
+            caplog.clear()
+            OnnxRuntimeBackend(path)
+            warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+            if warned and int8:
+                assert len(warnings) == 1 and str(path) in warnings[0] and "export it again" in warnings[0]
+                assert "\n" not in warnings[0]
+            else:
+                assert warnings == []

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,9 +14,13 @@ from milsdk.contract import ATTENTION, FEATURES_CHECK, LOGITS, METADATA_KEY, Mod
 from milsdk.errors import ArtifactError, ServingError
 from milsdk.serving.backends import first_line
 from milsdk.serving.float16_cast import to_float16
+from milsdk.utils.cpu import EXACT_INT8_FLAGS, int8_sums_saturate
 from milsdk.utils.onnx_external_data import check_external_data
 
-__all__ = ["OnnxRuntimeBackend", "PREFERRED_PROVIDERS", "choose_providers"]
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["OnnxRuntimeBackend", "PREFERRED_PROVIDERS", "choose_providers", "int8_weight_products"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,26 @@ def choose_providers(available: Sequence[str]) -> list[str]:
     ``available`` (TensorRT, then CUDA, then CPU, which is always last)."""
     chosen = [p for p in PREFERRED_PROVIDERS if p in available]
     return chosen if "CPUExecutionProvider" in chosen else [*chosen, "CPUExecutionProvider"]
+
+
+def int8_weight_products(graph: onnx.GraphProto, outer_int8: frozenset[str] = frozenset()) -> list[str]:
+    """The integer matrix products (``MatMulInteger``, ``DynamicQuantizeMatMul``; Scan / Loop / If bodies
+    included) whose weight, input B, is an int8 initializer of the graph or of a graph enclosing it.
+
+    Returns:
+        Their node names (the first output's name for an unnamed node).
+    """
+    import onnx
+
+    int8 = outer_int8 | {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    found = []
+    for node in graph.node:
+        if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") and len(node.input) > 1 and node.input[1] in int8:
+            found.append(node.name or node.output[0])
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                found += int8_weight_products(body, frozenset(int8))
+    return found
 
 
 class OnnxRuntimeBackend:
@@ -82,7 +107,10 @@ class OnnxRuntimeBackend:
         # the same process); the next bag's one-pass check took twice as long behind a spinning pool here.
         options.add_session_config_entry("session.force_spinning_stop", "1")
         check_external_data(self.path)  # before onnxruntime reads any file the model names
-        graph = self._graph_with_features_check() if features_check else None
+        proto = self._load_graph()
+        if proto is not None:
+            self._warn_if_int8_weights_saturate(proto)
+        graph = self._graph_with_features_check(proto) if features_check and proto is not None else None
         #: the graph computes each bag's NaN/inf test (milsdk.serving.backends.features_check)
         self.checks_features = graph is not None
         try:
@@ -113,22 +141,39 @@ class OnnxRuntimeBackend:
         self._held_slots = 0  # B * N of the largest batch since the arena was last released
         self._lock = threading.Lock()
 
-    def _graph_with_features_check(self) -> bytes | None:
-        """The artifact's graph with the ``features_check`` output, serialised; None (the file is loaded as it
-        is, and the client scans bags itself) without the ``onnx`` package, for a model whose weights live in
-        external files, or for a graph that cannot take it."""
+    def _load_graph(self) -> onnx.ModelProto | None:
+        """The artifact's graph without its external data; None without the ``onnx`` package (the client then
+        scans bags itself) or for a file onnx cannot read (onnxruntime reports it in the caller's one line)."""
         try:
             import onnx
-            from onnx.external_data_helper import uses_external_data
-
-            from milsdk.serving.backends.features_check import attach_features_check
         except ImportError:
             log.info("%s: no onnx package; the client scans each bag for NaN/inf itself", self.path)
             return None
         try:
-            proto = onnx.load_model(str(self.path), load_external_data=False)
+            return onnx.load_model(str(self.path), load_external_data=False)
         except Exception:  # noqa: BLE001 - onnxruntime reports an unreadable file in the caller's one line
             return None
+
+    def _warn_if_int8_weights_saturate(self, proto: onnx.ModelProto) -> None:
+        """Warn once per load when the graph multiplies by int8 weights on a CPU where onnxruntime's u8 x s8 kernel
+        sums with saturation (x86 without VNNI): artifacts quantised before milsdk used uint8 weights."""
+        products = int8_weight_products(proto.graph)
+        if products and int8_sums_saturate():
+            log.warning(
+                "%s: %d products with int8 weights, and this CPU has no VNNI (%s): onnxruntime sums them in a "
+                "saturating int16, so results can be far from float32 (a probability moved by 0.3 in one "
+                "measurement); export it again with milsdk (uint8 weights)",
+                self.path, len(products), "/".join(EXACT_INT8_FLAGS),
+            )
+
+    def _graph_with_features_check(self, proto: onnx.ModelProto) -> bytes | None:
+        """The artifact's graph with the ``features_check`` output, serialised; None (the file is loaded as it
+        is, and the client scans bags itself) for a model whose weights live in external files, or for a graph
+        that cannot take it."""
+        from onnx.external_data_helper import uses_external_data
+
+        from milsdk.serving.backends.features_check import attach_features_check
+
         if any(uses_external_data(t) for t in proto.graph.initializer):
             return None
         try:
