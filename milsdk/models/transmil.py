@@ -169,7 +169,9 @@ class TransMIL(MILModel):
             else:
                 seq = layer.forward_chunked(seq, seq_mask, self.chunk_size, bound)
             if i == 0:
-                seq = self.pos_layer.forward_after(seq, side, 1)  # the class token passes through
+                # the class token passes through; tokens past each bag's map are masked out of every later
+                # layer, so PPEG may return them as zero and free the sequence before its convolution
+                seq = self.pos_layer.forward_after(seq, side, 1, keep_outside=False)
         logits = self.squeeze_binary(self.classifier(self.norm(seq[:, 0])))
         if not need_att:
             return logits, logits.new_zeros(0)

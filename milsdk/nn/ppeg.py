@@ -125,7 +125,9 @@ class PPEG(torch.nn.Module):
         grid = F.conv2d(grid, weight, bias, padding=3, groups=self.dim)
         return torch.cat([x[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
 
-    def forward_after(self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 1) -> torch.Tensor:
+    def forward_after(
+        self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 1, keep_outside: bool = True
+    ) -> torch.Tensor:
         """``ppeg(x, side)`` on the tokens after the first ``n_leading`` (class tokens), which pass through.
 
         Equal to ``cat([X[:, :n_leading], ppeg(X[:, n_leading:], side)], dim=1)`` without the two copies of the
@@ -134,14 +136,26 @@ class PPEG(torch.nn.Module):
         Args:
             X: (B, n_leading + K, D); side: (B,) integer s_b, or None (see :meth:`forward`).
             n_leading: tokens in front of the map tokens.
+            keep_outside: map tokens past each bag's map (k >= s_b**2, padding) come back unchanged; False =
+                they come back zero, and X is not read after the map is laid out (an exported graph frees it
+                before the convolution: one (B, n_leading + K, D) sequence less at the peak), for callers that
+                mask those tokens out of everything after (TransMIL).
 
         Returns:
             (B, n_leading + K, D).
         """
-        return self._forward_padded(X, side, n_leading)
+        return self._forward_padded(X, side, n_leading, keep_outside)
 
-    def _forward_padded(self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 0) -> torch.Tensor:
-        B, K = X.shape[0], X.shape[1] - n_leading
+    def _forward_padded(
+        self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 0, keep_outside: bool = True
+    ) -> torch.Tensor:
+        B, K, D = X.shape[0], X.shape[1] - n_leading, X.shape[2]
+        lead = X[:, :0]
+        X_map = X
+        if not keep_outside and n_leading > 0:
+            # one Split: both parts exist once it has run, so X is not held until the leading tokens are read
+            lead, X_map = torch.split(X, [n_leading, K], dim=1)
+        offset = n_leading if X_map is X else 0  # where map token 0 sits in X_map
         S = grid_side(K)
         device = X.device
         if side is None:
@@ -158,22 +172,29 @@ class PPEG(torch.nn.Module):
         sb = side_b.reshape(B, 1, 1)
         token = rows * sb + cols  # (B, S, S)
         in_map = (rows < sb) & (cols < sb) & (token < K)
-        token = torch.where(in_map, token + n_leading, torch.zeros_like(token))
-        grid = X[batch.reshape(B, 1, 1), token] * in_map.unsqueeze(-1).to(X.dtype)  # (B, S, S, D)
+        token = torch.where(in_map, token + offset, torch.zeros_like(token))
+        grid = X_map[batch.reshape(B, 1, 1), token] * in_map.unsqueeze(-1).to(X.dtype)  # (B, S, S, D)
 
         weight, bias = self.fused_kernel()
         grid = F.conv2d(grid.permute(0, 3, 1, 2), weight, bias, padding=3, groups=self.dim)
         grid = grid.permute(0, 2, 3, 1)  # (B, S, S, D)
 
-        # Gather each map token back from its cell; leading tokens and tokens outside the map keep their value.
+        # Gather each map token back from its cell; leading tokens (and, with keep_outside, tokens outside the
+        # map) keep their value.
         k = torch.arange(n_leading + K, device=device).reshape(1, n_leading + K) - n_leading
         row = torch.div(k, side_1, rounding_mode="floor")
         col = k - row * side_1
         on_map = (k >= 0) & (k < side_b * side_b)
         row = torch.where(on_map, row, torch.zeros_like(row))
         col = torch.where(on_map, col, torch.zeros_like(col))
-        Y = grid[batch.reshape(B, 1), row, col]  # (B, n_leading + K, D)
-        return torch.where(on_map.unsqueeze(-1), Y, X)
+        if keep_outside:
+            Y = grid[batch.reshape(B, 1), row, col]  # (B, n_leading + K, D)
+            return torch.where(on_map.unsqueeze(-1), Y, X)
+        # cells first, then the leading tokens: one gather reads both; tokens outside the map read cell 0, zeroed
+        cells = torch.cat([grid.reshape(B, S * S, D), lead], dim=1)  # (B, S*S + n_leading, D)
+        leading = k < 0
+        cell = torch.where(on_map, row * S + col, torch.where(leading, S * S + n_leading + k, torch.zeros_like(k)))
+        return cells[batch.reshape(B, 1), cell] * (on_map | leading).unsqueeze(-1).to(X.dtype)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

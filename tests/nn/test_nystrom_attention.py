@@ -276,6 +276,32 @@ def test_chunked_equals_unchunked(landmarks, length, chunk_size):
     assert (got[~mask] == 0).all()  # padded positions are exactly 0, as unchunked
 
 
+@pytest.mark.parametrize("length, chunk_size", [(5, 4), (50, 16), (50, 4096), (301, 64)])
+def test_chunked_norm_and_residual_equal_the_pre_norm_composition(length, chunk_size):
+    """``norm`` normalises each chunk it reads, ``residual`` adds the input chunk by chunk: the same numbers as
+    ``x + att(layer_norm(x))`` (what a pre-norm layer computes) without the whole normalised sequence."""
+    torch.manual_seed(3)
+    att = NystromAttention(32, att_dim=32, n_heads=4, n_landmarks=8).eval()
+    norm = torch.nn.LayerNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, length, 32) * 3 + 1
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[1, length // 2 + 1 :] = False
+    parameters = (norm.weight, norm.bias, norm.eps)
+    with torch.no_grad():
+        expected = x + att.forward_chunked(norm(x), mask, chunk_size)
+        got = att.forward_chunked(x, mask, chunk_size, norm=parameters, residual=True)
+        only_norm = att.forward_chunked(x, mask, chunk_size, norm=parameters)
+        y_row, row = att.forward_row_chunked(x, mask, chunk_size, row=0, norm=parameters)
+        y_row_ref, row_ref = att.forward_row_chunked(norm(x), mask, chunk_size, row=0)
+    assert (got - expected).abs().max() <= 1e-5
+    assert torch.equal(got[~mask], x[~mask])  # padded positions: the input itself, as x + 0
+    assert (only_norm - att.forward_chunked(norm(x), mask, chunk_size)).abs().max() <= 1e-6
+    assert (y_row - y_row_ref).abs().max() <= 1e-6 and (row - row_ref).abs().max() <= 1e-7
+
+
 def test_a_bag_that_fits_one_chunk_takes_the_unchunked_path_exactly():
     """Eagerly the chunk count is known: one chunk is forward itself (bit for bit), whatever the export bound."""
     torch.manual_seed(1)

@@ -46,6 +46,27 @@ def test_layer_row_chunked_is_that_row_of_the_layer_with_its_exact_attention(chu
         assert (att_row - expected_row).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("use_mlp", [False, True])
+def test_layer_chunked_equals_the_layer_in_eval_and_with_dropout_in_training(use_mlp):
+    """Chunked, the layer normalises and adds the residual chunk by chunk (dropout inactive), or composes
+    them whole (dropout active in training: the same dropout as the unchunked layer)."""
+    torch.manual_seed(2)
+    layer = NystromTransformerLayer(8, att_dim=8, n_heads=2, n_landmarks=4, use_mlp=use_mlp, dropout=0.5)
+    X, mask = _padded_batch([40, 17], 40, 8)
+    with torch.no_grad():
+        layer.norm1.bias.uniform_(-1, 1)
+        layer.eval()
+        assert (layer.forward_chunked(X, mask, chunk_size=8) - layer(X, mask)).abs().max() <= 1e-5
+        layer.train()
+        torch.manual_seed(5)
+        trained = layer.forward_chunked(X, mask, chunk_size=8)
+        torch.manual_seed(5)
+        composed = X + layer.dropout(layer.att.forward_chunked(layer.norm1(X), mask, 8))
+        if use_mlp:
+            composed = composed + layer.mlp(layer.norm2(composed))
+    assert (trained - composed).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("use_mlp,add_self", [(False, False), (True, True)])
 def test_encoder_padding_never_changes_real_outputs(use_mlp, add_self):
     torch.manual_seed(0)

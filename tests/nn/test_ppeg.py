@@ -74,6 +74,23 @@ def test_forward_after_leading_tokens_equals_slice_and_concatenation(n_leading):
     assert (got - expected).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("n_leading", [1, 2])
+def test_forward_after_without_keep_outside_zeroes_only_the_tokens_past_each_map(n_leading):
+    """TransMIL's form: leading and map tokens as with ``keep_outside``, padding tokens zero (they are masked
+    out of everything after, and X need not be read once the map is laid out)."""
+    ppeg = _ppeg()
+    sides = [5, 3, 1, 0]
+    X = torch.randn(len(sides), n_leading + 25, 4)
+    side = torch.tensor(sides)
+    with torch.no_grad():
+        kept = ppeg.forward_after(X, side, n_leading)
+        got = ppeg.forward_after(X, side, n_leading, keep_outside=False)
+    for b, s in enumerate(sides):
+        on_map = n_leading + s * s
+        assert torch.equal(got[b, :on_map], kept[b, :on_map])
+        assert (got[b, on_map:] == 0).all()
+
+
 def test_non_square_length_uses_zero_cells():
     ppeg = _ppeg()
     X = torch.randn(1, 7, 4)  # side ceil(sqrt(7)) = 3, last two cells empty

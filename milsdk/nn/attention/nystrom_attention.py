@@ -33,6 +33,26 @@ def _masked_softmax_last(
     return weights * keep_rows.to(weights.dtype)
 
 
+#: a LayerNorm's (weight, bias, eps), applied by the chunked paths to each chunk of tokens they read
+ChunkNorm = tuple[torch.Tensor, torch.Tensor, float]
+
+
+def _normalised(x: torch.Tensor, norm: ChunkNorm | None) -> torch.Tensor:
+    """x (B, L, D) layer-normalised with ``norm`` (weight, bias, eps), or x itself when None."""
+    if norm is None:
+        return x
+    return F.layer_norm(x, (x.shape[2],), norm[0], norm[1], norm[2])
+
+
+def _take_chunk(x: torch.Tensor, index: torch.Tensor, norm: ChunkNorm | None) -> torch.Tensor:
+    """Tokens ``index`` (C,) of x (B, L, D), layer-normalised with ``norm`` when given: (B, C, D).
+
+    LayerNorm acts on each token alone, so normalising a chunk equals taking the chunk of the normalised
+    sequence; a chunked pass that normalises its chunks never holds the whole normalised (B, L, D) sequence.
+    """
+    return _normalised(x.index_select(1, index), norm)
+
+
 def moore_penrose_iter_pinv(x: torch.Tensor, iters: int = 6, shared_axes: int = 0) -> torch.Tensor:
     r"""Moore–Penrose pseudo-inverse of a batch of square matrices by the iteration of Razavi et al. (2014).
 
@@ -294,7 +314,8 @@ class NystromAttention(torch.nn.Module):
         return F.linear(x, self.qkv.weight[part * a : (part + 1) * a])
 
     def forward_chunked(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0,
+        norm: ChunkNorm | None = None, residual: bool = False,
     ) -> torch.Tensor:
         r"""``forward(x, mask)`` in O(chunk_size · m) working memory per head instead of O(L · m).
 
@@ -317,31 +338,40 @@ class NystromAttention(torch.nn.Module):
             length_bound: 0, or a bound L <= length_bound known as a size of the model's inputs, for an L
                 computed from data (TransMIL's squared grid): an exported graph's chunk count then comes from it
                 (torch.export cannot loop over a count computed from data).
+            norm: a LayerNorm's (weight, bias, eps): the attention reads ``layer_norm(x)``, normalised chunk by
+                chunk (a pre-norm layer then never holds the whole normalised sequence); None = x as it is.
+            residual: return ``x + attention`` (needs in_dim == out_dim), added chunk by chunk, so that the
+                caller's input can be freed once the chunks are read (an exported graph holds one (B, L, D)
+                sequence less).
 
         Returns:
-            y: (B, L, out_dim), equal to ``forward(x, mask)`` to float rounding; 0 at padded positions.
+            y: (B, L, out_dim), equal to ``forward(x, mask)`` (of ``layer_norm(x)`` with ``norm``, plus x with
+            ``residual``) to float rounding; 0 at padded positions (x there with ``residual``).
         """
         L = x.shape[1]
         exporting = self._exporting()
         n_chunks = self._chunk_count(L, chunk_size, length_bound, exporting)
         if not exporting and n_chunks <= 1:
-            return self.forward_att(x, mask)[0]
+            out = self.forward_att(_normalised(x, norm), mask)[0]
+            return x + out if residual else out
         keep = as_bool_mask(mask, x)
         work_dtype = torch.promote_types(x.dtype, torch.float32)
         index, valid = self._chunk_index(L, n_chunks, x.device)
-        k_land_scaled, right, lm_col, _ = self._chunked_factors(x, keep, index, valid, exporting, work_dtype, None)
+        k_land_scaled, right, lm_col, _ = self._chunked_factors(
+            x, keep, index, valid, exporting, work_dtype, None, norm
+        )
         if not torch.jit.is_scripting():
             if exporting:
-                return self._scan_rows(x, keep, k_land_scaled, right, lm_col, index, valid, L)
+                return self._scan_rows(x, keep, k_land_scaled, right, lm_col, index, valid, L, norm, residual)
         rows = [
-            self._rows_step(x, keep, k_land_scaled, right, lm_col, index[c], valid[c], work_dtype)
+            self._rows_step(x, keep, k_land_scaled, right, lm_col, index[c], valid[c], work_dtype, norm, residual)
             for c in range(n_chunks)
         ]
         return torch.cat(rows, dim=1)[:, :L]
 
     def forward_row_chunked(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0,
-        row: int = 0, need_att: bool = True,
+        row: int = 0, need_att: bool = True, norm: ChunkNorm | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""One token's row of :meth:`forward_chunked` and its :meth:`exact_attention_row`, in one pass.
 
@@ -357,6 +387,7 @@ class NystromAttention(torch.nn.Module):
             chunk_size, length_bound: see :meth:`forward_chunked`.
             row: the token whose output is wanted (must be real in every bag).
             need_att: also compute the exact attention row (otherwise an empty tensor is returned for it).
+            norm: as in :meth:`forward_chunked` (the attention reads ``layer_norm(x)``, chunk by chunk).
 
         Returns:
             y: (B, 1, out_dim), equal to ``forward(x, mask)[:, row : row + 1]`` to float rounding; attention
@@ -366,6 +397,7 @@ class NystromAttention(torch.nn.Module):
         exporting = self._exporting()
         n_chunks = self._chunk_count(L, chunk_size, length_bound, exporting)
         if not exporting and n_chunks <= 1:
+            x = _normalised(x, norm)
             y = self.forward_att(x, mask)[0][:, row : row + 1]
             return y, self.exact_attention_row(x, mask, row) if need_att else x.new_zeros(0)
         keep = as_bool_mask(mask, x)
@@ -373,12 +405,13 @@ class NystromAttention(torch.nn.Module):
         index, valid = self._chunk_index(L, n_chunks, x.device)
         q_row: torch.Tensor | None = None
         if need_att:
-            q_row = self._split_heads(self._project(x[:, row : row + 1], 0), work_dtype) * self.scale  # (B, h, 1, d)
+            x_row = _normalised(x[:, row : row + 1], norm)
+            q_row = self._split_heads(self._project(x_row, 0), work_dtype) * self.scale  # (B, h, 1, d)
         k_land_scaled, right, lm_col, row_scores = self._chunked_factors(
-            x, keep, index, valid, exporting, work_dtype, q_row
+            x, keep, index, valid, exporting, work_dtype, q_row, norm
         )
         at_row = torch.full((1,), row, dtype=torch.long, device=x.device)
-        y = self._rows_step(x, keep, k_land_scaled, right, lm_col, at_row, at_row >= 0, work_dtype)
+        y = self._rows_step(x, keep, k_land_scaled, right, lm_col, at_row, at_row >= 0, work_dtype, norm, False)
         if not need_att:
             return y, x.new_zeros(0)
         B = x.shape[0]
@@ -410,9 +443,10 @@ class NystromAttention(torch.nn.Module):
 
     def _chunked_factors(
         self, x: torch.Tensor, keep: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, exporting: bool,
-        work_dtype: torch.dtype, q_row: torch.Tensor | None,
+        work_dtype: torch.dtype, q_row: torch.Tensor | None, norm: ChunkNorm | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Steps 1 and 2 of :meth:`forward_chunked`, each one pass over the chunks (a scan when exporting).
+        """Steps 1 and 2 of :meth:`forward_chunked`, each one pass over the chunks (a scan when exporting), on
+        the chunks of x normalised with ``norm`` (see :meth:`forward_chunked`).
 
         Returns:
             k_land_scaled (B, h, m, d), right = pinv @ softmax(q_land k^T) v (B, h, m, d), lm_col
@@ -436,11 +470,11 @@ class NystromAttention(torch.nn.Module):
                 torch._check(x.shape[1] >= 1)
                 torch._check(n_chunks >= 1)
                 torch._check(index.shape[1] >= 1)
-                sums, sizes = self._scan_landmark_sums(x, segment, slots, index, valid, sums, sizes)
+                sums, sizes = self._scan_landmark_sums(x, segment, slots, index, valid, sums, sizes, norm)
                 scanned = True
         if not scanned:
             for c in range(n_chunks):
-                sums, sizes = self._landmark_sums_step(x, segment, slots, index[c], valid[c], sums, sizes)
+                sums, sizes = self._landmark_sums_step(x, segment, slots, index[c], valid[c], sums, sizes, norm)
         if self.landmarks == "torchmil":
             x_land = sums / divisor
         else:
@@ -468,13 +502,13 @@ class NystromAttention(torch.nn.Module):
         if not torch.jit.is_scripting():
             if scanned:
                 running_max, running_sum, weighted, row_scores = self._scan_values(
-                    x, keep, q_land, index, valid, running_max, running_sum, weighted, q_row
+                    x, keep, q_land, index, valid, running_max, running_sum, weighted, q_row, norm
                 )
         if not scanned:
             per_chunk: list[torch.Tensor] = []
             for c in range(n_chunks):
                 running_max, running_sum, weighted, scores_c = self._values_step(
-                    x, keep, q_land, index[c], valid[c], running_max, running_sum, weighted, work_dtype, q_row
+                    x, keep, q_land, index[c], valid[c], running_max, running_sum, weighted, work_dtype, q_row, norm
                 )
                 per_chunk.append(scores_c)
             if q_row is not None:
@@ -484,21 +518,22 @@ class NystromAttention(torch.nn.Module):
 
     def _landmark_sums_step(
         self, x: torch.Tensor, segment: torch.Tensor, slots: torch.Tensor, index: torch.Tensor,
-        valid: torch.Tensor, sums: torch.Tensor, sizes: torch.Tensor,
+        valid: torch.Tensor, sums: torch.Tensor, sizes: torch.Tensor, norm: ChunkNorm | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Add one chunk's tokens (``index`` (C,), ``valid`` (C,)) to the segment sums (B, m, in) and sizes."""
         seg = torch.where(valid, segment.index_select(1, index), torch.full_like(index, -1))
         assign = (seg.unsqueeze(-1) == slots).to(x.dtype)  # (B, C, m)
-        return sums + assign.transpose(1, 2) @ x.index_select(1, index), sizes + assign.sum(dim=1).unsqueeze(-1)
+        x_c = _take_chunk(x, index, norm)
+        return sums + assign.transpose(1, 2) @ x_c, sizes + assign.sum(dim=1).unsqueeze(-1)
 
     def _values_step(
         self, x: torch.Tensor, keep: torch.Tensor, q_land: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
         running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor, work_dtype: torch.dtype,
-        q_row: torch.Tensor | None = None,
+        q_row: torch.Tensor | None = None, norm: ChunkNorm | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One chunk of the online softmax(q_land k^T) v: (B, h, m, 1) maximum and sum, (B, h, m, d) sum; and
         the chunk's scores ``q_row @ k^T`` (B, h, R, C) of the extra queries (empty without them)."""
-        x_c = x.index_select(1, index)
+        x_c = _take_chunk(x, index, norm)
         k = self._split_heads(self._project(x_c, 1), work_dtype)
         v = self._split_heads(self._project(x_c, 2), work_dtype)
         keep_c = keep.index_select(1, index) & valid
@@ -512,25 +547,30 @@ class NystromAttention(torch.nn.Module):
     def _rows_step(
         self, x: torch.Tensor, keep: torch.Tensor, k_land_scaled: torch.Tensor, right: torch.Tensor,
         lm_col: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, work_dtype: torch.dtype,
+        norm: ChunkNorm | None = None, residual: bool = False,
     ) -> torch.Tensor:
-        """One chunk's outputs (B, C, out_dim): softmax(q k_land^T) @ right, heads merged, projected."""
+        """One chunk's outputs (B, C, out_dim): softmax(q k_land^T) @ right, heads merged, projected (of the
+        chunk normalised with ``norm``; plus the chunk itself with ``residual``)."""
         x_c = x.index_select(1, index)
         keep_c = keep.index_select(1, index) & valid
-        q = self._split_heads(self._project(x_c, 0), work_dtype)
+        x_n = _normalised(x_c, norm)
+        q = self._split_heads(self._project(x_n, 0), work_dtype)
         kernel1 = _masked_softmax_last(q @ k_land_scaled.transpose(-1, -2), lm_col, keep_c[:, None, :, None])
         out = (kernel1 @ right).transpose(1, 2)
         out = out.reshape(out.shape[0], out.shape[1], self.att_dim).to(x.dtype)
-        return self.out_proj(out) * keep_c.unsqueeze(-1).to(x.dtype)
+        out = self.out_proj(out) * keep_c.unsqueeze(-1).to(x.dtype)
+        return x_c + out if residual else out
 
     def _scan_landmark_sums(
         self, x: torch.Tensor, segment: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
-        sums: torch.Tensor, sizes: torch.Tensor,
+        sums: torch.Tensor, sizes: torch.Tensor, norm: ChunkNorm | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_landmark_sums_step` over every chunk, as a ``scan`` (for torch.export)."""
         from torch._higher_order_ops.scan import scan
 
         def step(carry, chunk):  # (under no_grad: an export never trains, and scan would trace a backward)
-            return self._landmark_sums_step(x, segment, slots, chunk[0], chunk[1], *carry), chunk[0][:1].clone()
+            sums_sizes = self._landmark_sums_step(x, segment, slots, chunk[0], chunk[1], *carry, norm=norm)
+            return sums_sizes, chunk[0][:1].clone()
 
         with torch.no_grad():
             (sums, sizes), _ = scan(step, (sums, sizes), (index, valid))
@@ -539,13 +579,16 @@ class NystromAttention(torch.nn.Module):
     def _scan_values(
         self, x: torch.Tensor, keep: torch.Tensor, q_land: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
         running_max: torch.Tensor, running_sum: torch.Tensor, weighted: torch.Tensor, q_row: torch.Tensor | None,
+        norm: ChunkNorm | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_values_step` over every chunk, as a ``scan`` (for torch.export); the extra queries' scores
         (B, h, R, n * C) are the scan's per-chunk outputs."""
         from torch._higher_order_ops.scan import scan
 
         def step(carry, chunk):
-            *state, row_scores = self._values_step(x, keep, q_land, chunk[0], chunk[1], *carry, q_land.dtype, q_row)
+            *state, row_scores = self._values_step(
+                x, keep, q_land, chunk[0], chunk[1], *carry, q_land.dtype, q_row, norm
+            )
             return tuple(state), (row_scores if q_row is not None else chunk[0][:1].clone())
 
         with torch.no_grad():
@@ -559,13 +602,16 @@ class NystromAttention(torch.nn.Module):
 
     def _scan_rows(
         self, x: torch.Tensor, keep: torch.Tensor, k_land_scaled: torch.Tensor, right: torch.Tensor,
-        lm_col: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, L: int,
+        lm_col: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, L: int, norm: ChunkNorm | None,
+        residual: bool,
     ) -> torch.Tensor:
         """:meth:`_rows_step` over every chunk, as a ``scan`` (for torch.export): (B, L, out_dim)."""
         from torch._higher_order_ops.scan import scan
 
         def step(carry, chunk):
-            rows = self._rows_step(x, keep, k_land_scaled, right, lm_col, chunk[0], chunk[1], right.dtype)
+            rows = self._rows_step(
+                x, keep, k_land_scaled, right, lm_col, chunk[0], chunk[1], right.dtype, norm, residual
+            )
             return (carry[0].clone(),), rows
 
         with torch.no_grad():
