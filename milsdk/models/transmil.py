@@ -15,6 +15,7 @@ from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.linear import LazyLinear
 from milsdk.nn.attention.nystrom_attention import LANDMARK_SCHEMES
+from milsdk.nn.export_mode import exporting
 from milsdk.nn.masked import as_bool_mask
 from milsdk.nn.ppeg import PPEG, ceil_sqrt, grid_side
 from milsdk.nn.transformers.nystrom_transformer import nystrom_layers
@@ -170,8 +171,9 @@ class TransMIL(MILModel):
                 seq = layer.forward_chunked(seq, seq_mask, self.chunk_size, bound)
             if i == 0:
                 # the class token passes through; tokens past each bag's map are masked out of every later
-                # layer, so PPEG may return them as zero and free the sequence before its convolution
-                seq = self.pos_layer.forward_after(seq, side, 1, keep_outside=False)
+                # layer, so an exported graph's PPEG returns them as zero and frees the sequence before its
+                # convolution (eagerly the sequence is held anyway: PPEG keeps them, as it always did)
+                seq = self.pos_layer.forward_after(seq, side, 1, keep_outside=not exporting())
         logits = self.squeeze_binary(self.classifier(self.norm(seq[:, 0])))
         if not need_att:
             return logits, logits.new_zeros(0)

@@ -355,12 +355,10 @@ def test_transmil_nystrom_attention_row_equals_torchmil(monkeypatch):
     factors = []
     forward_row_chunked = last.forward_row_chunked
 
-    def keep_factors(x, mask=None, chunk_size=4096, length_bound=0, row=0, need_att=True, norm=None):
-        # the model runs the chunked class-row form (normalising each chunk with the layer's norm); its factors
-        # are those of the unchunked one on the same normalised tokens
-        normalised = x if norm is None else torch.nn.functional.layer_norm(x, x.shape[-1:], *norm)
-        factors.append(last.forward_att(normalised, mask)[1])
-        return forward_row_chunked(x, mask, chunk_size, length_bound, row, need_att, norm)
+    def keep_factors(x, mask=None, chunk_size=4096, length_bound=0, row=0, need_att=True):
+        # the model runs the chunked class-row form; its factors are those of the unchunked one on the same tokens
+        factors.append(last.forward_att(x, mask)[1])
+        return forward_row_chunked(x, mask, chunk_size, length_bound, row, need_att)
 
     monkeypatch.setattr(last, "forward_row_chunked", keep_factors)
     gen = torch.Generator().manual_seed(5)

@@ -48,8 +48,8 @@ def test_layer_row_chunked_is_that_row_of_the_layer_with_its_exact_attention(chu
 
 @pytest.mark.parametrize("use_mlp", [False, True])
 def test_layer_chunked_equals_the_layer_in_eval_and_with_dropout_in_training(use_mlp):
-    """Chunked, the layer normalises and adds the residual chunk by chunk (dropout inactive), or composes
-    them whole (dropout active in training: the same dropout as the unchunked layer)."""
+    """Eagerly the chunked layer composes norm, attention and residual whole: the unchunked layer's numbers in
+    eval, and the same dropout in training."""
     torch.manual_seed(2)
     layer = NystromTransformerLayer(8, att_dim=8, n_heads=2, n_landmarks=4, use_mlp=use_mlp, dropout=0.5)
     X, mask = _padded_batch([40, 17], 40, 8)
@@ -65,6 +65,49 @@ def test_layer_chunked_equals_the_layer_in_eval_and_with_dropout_in_training(use
         if use_mlp:
             composed = composed + layer.mlp(layer.norm2(composed))
     assert (trained - composed).abs().max() <= 1e-6
+
+
+def test_exported_layer_normalises_and_adds_the_residual_per_chunk_with_the_eager_numbers():
+    """Under torch.export the layer normalises each chunk as the attention reads it and adds the residual chunk
+    by chunk (no whole norm1(X) in the graph): the exported graph computes what eager computes, at every
+    length, and normalises no whole sequence outside its scans."""
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(3)
+    layer = NystromTransformerLayer(8, att_dim=8, n_heads=2, n_landmarks=4).eval()
+    with torch.no_grad():
+        layer.norm1.weight.uniform_(0.5, 1.5)
+        layer.norm1.bias.uniform_(-1, 1)
+
+    class Chunked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.layer.forward_chunked(x, mask, 8)
+            row, _ = self.layer.forward_row_chunked(x, mask, 8, need_att=False)
+            return y, row
+
+    X, mask = _padded_batch([20, 11], 20, 8)
+    B, L = torch.export.Dim("B"), torch.export.Dim("L", min=2)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            Chunked(), (X, mask), dynamo=True, dynamic_shapes=({0: B, 1: L}, {0: B, 1: L}), verbose=False
+        )
+    top_level = [node.op_type for node in program.model_proto.graph.node]
+    # scans: 3 for y, 2 for the row; the one LayerNormalization outside them is the row's own query (1 token)
+    assert top_level.count("Scan") == 5 and top_level.count("LayerNormalization") == 1
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for lengths in ([1, 1], [9, 3], [40, 17]):
+        X, mask = _padded_batch(lengths, max(lengths), 8, seed=sum(lengths))
+        got_y, got_row = session.run(None, dict(zip(names, (X.numpy(), mask.numpy()))))
+        with torch.no_grad():
+            expected = layer(X, mask)
+        np.testing.assert_allclose(got_y[mask.numpy()], expected[mask].numpy(), atol=1e-5)
+        np.testing.assert_allclose(got_row, expected[:, :1].numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("use_mlp,add_self", [(False, False), (True, True)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from milsdk.nn.export_mode import exporting
 from milsdk.nn.masked import as_bool_mask
 
 __all__ = ["NystromAttention", "moore_penrose_iter_pinv", "nystrom_attention_rows"]
@@ -421,9 +422,7 @@ class NystromAttention(torch.nn.Module):
     @staticmethod
     def _exporting() -> bool:
         """True while torch.export traces (the chunks become a scan); TorchScript never compiles the test."""
-        if not torch.jit.is_scripting():
-            return torch.compiler.is_exporting()
-        return False
+        return exporting()
 
     @staticmethod
     def _chunk_count(L: int, chunk_size: int, length_bound: int, exporting: bool) -> int:
