@@ -42,7 +42,8 @@ import click
     "--profile",
     default="cpu",
     show_default=True,
-    help="Profile name (cpu, cpu-int8, gpu-fp16, triton-python, triton-python-wire16, triton-pytorch) or path to "
+    help="Profile name (cpu, cpu-int8, cpu-int8-vnni, gpu-fp16, triton-python, triton-python-wire16, triton-pytorch) "
+    "or path to "
     "a .toml profile.",
 )
 @click.option(

@@ -203,7 +203,7 @@ def export_checkpoint(
                 "info": info,
             }
             if fmt == "onnx":
-                export_onnx(model, path, opset=opset, **common)
+                export_onnx(model, path, opset=opset, int8_weights=prof.int8_weights, **common)
             else:
                 export_torchscript(model, path, **common)
             export_s = time.perf_counter() - start

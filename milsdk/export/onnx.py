@@ -22,7 +22,7 @@ from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo
 from milsdk.errors import ExportError, ModelConfigError, first_line
 from milsdk.export.files import atomic_write
 from milsdk.export.onnx_file import load_onnx, onnx_signature, read_onnx_info
-from milsdk.export.quantize import quantize_int8
+from milsdk.export.quantize import INT8_WEIGHTS, quantize_int8
 from milsdk.export.quiet import quiet_exporter
 from milsdk.export.signature import (
     DeploymentModule,
@@ -123,6 +123,7 @@ def export_onnx(
     example_batch: int = 2,
     example_instances: int = 16,
     info: ModelInfo | None = None,
+    int8_weights: str = "uint8",
 ) -> Path:
     """Export ``model`` to ONNX in the deployment signature and write it atomically.
 
@@ -140,6 +141,8 @@ def export_onnx(
         features_dtype: dtype of the ``features`` input, "float32" (default) or "float16".
         example_batch, example_instances: example sizes, both >= 2 (a size-1 example specialises its axis).
         info: metadata to embed (default :func:`~milsdk.export.signature.model_info` of the model).
+        int8_weights: with precision "int8", "uint8" (right on every CPU) or "int8" (faster on CPUs with VNNI /
+            AMX, wrong on CPUs with AVX2 only; :func:`~milsdk.export.quantize.quantize_int8`).
 
     Returns:
         The path written.
@@ -154,8 +157,14 @@ def export_onnx(
     unsupported = getattr(model, "onnx_unsupported", None)
     if unsupported:
         raise ModelConfigError(f"{type(model).__name__}: {unsupported}")
+    if int8_weights not in INT8_WEIGHTS or (precision != "int8" and int8_weights != "uint8"):
+        raise ExportError(
+            f"int8_weights={int8_weights!r}: expected one of {', '.join(INT8_WEIGHTS)}, and 'int8' only with "
+            f"precision int8 (got {precision})"
+        )
     module = DeploymentModule(model, precision)
     base = info if info is not None else model_info(model)
+    details = {"int8_weights": int8_weights} if precision == "int8" else {}
     info = with_export_details(
         base,
         format="onnx",
@@ -163,6 +172,7 @@ def export_onnx(
         precision=precision,
         features_dtype=features_dtype,
         example_sizes=[int(example_batch), int(example_instances)],
+        **details,
     )
     args = example_inputs(module, example_batch, example_instances, features_dtype)
     with quiet_exporter(), torch.no_grad():
@@ -187,11 +197,11 @@ def export_onnx(
         raise ExportError(f"{info.model_name}: torch.onnx.export returned no program")
     proto = program.model_proto
     if precision == "int8":
-        proto = quantize_int8(proto)
+        proto = quantize_int8(proto, int8_weights)
     return _check_and_save(proto, info, features_dtype, path)
 
 
-def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike, int8_weights: str = "uint8") -> Path:
     """Write the int8 export of a float32 milsdk ONNX artifact, without tracing the model again.
 
     The same graph as ``export_onnx(model, path, precision="int8")`` on the model that ``source`` was exported
@@ -202,6 +212,7 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     Args:
         source: a float32 ``.onnx`` written by :func:`export_onnx` (float32 features).
         path: destination ``.onnx`` file (not ``source``).
+        int8_weights: "uint8" or "int8" (:func:`~milsdk.export.quantize.quantize_int8`).
 
     Returns:
         The path written.
@@ -222,7 +233,9 @@ def quantize_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
             f"{source}: only a float32 export with float32 features can be quantised to int8; this one has "
             f"precision {done_as[0]} and {done_as[1]} features"
         )
-    return _check_and_save(quantize_int8(proto), with_export_details(info, precision="int8"), "float32", path)
+    quantized = quantize_int8(proto, int8_weights)
+    details_int8 = with_export_details(info, precision="int8", int8_weights=int8_weights)
+    return _check_and_save(quantized, details_int8, "float32", path)
 
 
 def _check_and_save(proto: onnx.ModelProto, info: ModelInfo, features_dtype: str, path: Path) -> Path:

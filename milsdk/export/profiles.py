@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from milsdk.errors import ExportError
+from milsdk.export.quantize import INT8_WEIGHTS
 from milsdk.export.signature import FEATURE_DTYPES, PRECISIONS
 
 __all__ = [
@@ -55,6 +56,8 @@ class ExportProfile:
     formats: tuple[str, ...] = FORMATS
     opset: int = 18
     precision: str = "float32"
+    #: with precision int8: "uint8" weights (right on every CPU) or "int8" (CPUs with VNNI / AMX only, faster)
+    int8_weights: str = "uint8"
     features_dtype: str = "float32"
     max_batch_size: int = 8
     triton_backend: str = "onnxruntime"
@@ -147,6 +150,9 @@ def _parse(path: Path, data: dict[str, Any], name: str) -> ExportProfile:
         raise top._fail("opset", f"must be between 13 and 24, got {opset}")
     precision = top.take("precision", str, "float32", PRECISIONS)
     features_dtype = top.take("features_dtype", str, "float32", FEATURE_DTYPES)
+    int8_weights = top.take("int8_weights", str, "uint8", INT8_WEIGHTS)
+    if int8_weights != "uint8" and precision != "int8":
+        raise top._fail("int8_weights", f"applies to precision int8, not {precision}")
     max_batch_size = top.positive("max_batch_size", 8)
     triton = _Reader(path, top.take("triton", dict, {}), "triton.")
     accuracy = _Reader(path, top.take("accuracy", dict, {}), "accuracy.")
@@ -192,6 +198,7 @@ def _parse(path: Path, data: dict[str, Any], name: str) -> ExportProfile:
         formats=tuple(formats),
         opset=opset,
         precision=precision,
+        int8_weights=int8_weights,
         features_dtype=features_dtype,
         max_batch_size=max_batch_size,
         triton_backend=backend,

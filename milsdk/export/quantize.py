@@ -14,7 +14,8 @@ widens to 16 bits first and never saturates. Where VNNI is (AVX-512 VNNI, AVX-VN
 in int32 (``vpdpbusd``) and is exact, and faster than u8 x u8: on a 2-core AMD Zen 5 with AVX-512 VNNI, ABMIL D =
 1024 took 8.73 ms with int8 weights, 12.3 ms with uint8 weights and 14.55 ms in float32 at 16,000 instances (0.33 /
 0.54 / 0.69 ms at 1,000), TransMIL 370 / 403 / 447 ms at 16,000; so uint8 weights give up about a third of int8's
-gain on a VNNI CPU to stay right on every CPU. Measured on a Zen 3 (AVX2, no VNNI) against
+gain on a VNNI CPU to stay right on every CPU. ``weights="int8"`` (the ``cpu-int8-vnni`` profile) takes it back, for
+artifacts served only on CPUs with VNNI or AMX. Measured on a Zen 3 (AVX2, no VNNI) against
 eager float32, D = 1024, synthetic bags of 1 to 2,000 instances, max probability change / min attention Spearman:
 
     weights                   ABMIL             TransMIL         the demo's model, its 100 held-out bags
@@ -52,7 +53,11 @@ from onnx import numpy_helper
 
 from milsdk.errors import ExportError, first_line
 
-__all__ = ["fold_transposed_weights", "quantize_int8", "sort_topologically"]
+__all__ = ["INT8_WEIGHTS", "fold_transposed_weights", "quantize_int8", "sort_topologically"]
+
+#: weight types of :func:`quantize_int8`: "uint8" (u8 x u8 products, right on every x86 CPU, the default) or
+#: "int8" (u8 x s8: faster where the CPU has VNNI / AMX, saturating on a CPU with AVX2 only; module docstring)
+INT8_WEIGHTS = ("uint8", "int8")
 
 
 def fold_transposed_weights(proto: onnx.ModelProto) -> int:
@@ -123,19 +128,24 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
+def quantize_int8(proto: onnx.ModelProto, weights: str = "uint8") -> onnx.ModelProto:
     """The int8 dynamically quantised version of a float32 milsdk ONNX graph (metadata kept).
 
     Args:
         proto: the float32 graph (deployment signature; its inputs and outputs are unchanged).
+        weights: "uint8" (right on every CPU) or "int8" (for serving on CPUs with VNNI / AMX only: faster there,
+            wrong where only AVX2 is; :class:`~milsdk.serving.backends.OnnxRuntimeBackend` warns on such a CPU).
 
     Returns:
-        A new ModelProto: uint8 weights per output channel for MatMul / Gemm with constant weights.
+        A new ModelProto: 8-bit weights of that type per output channel for MatMul / Gemm with constant weights.
 
     Raises:
-        ExportError: the quantiser failed.
+        ExportError: the quantiser failed, or ``weights`` is not one of :data:`INT8_WEIGHTS`.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if weights not in INT8_WEIGHTS:
+        raise ExportError(f"int8 weights {weights!r}: expected one of {', '.join(INT8_WEIGHTS)}")
 
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     fold_transposed_weights(proto)
@@ -149,8 +159,9 @@ def quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
         root.setLevel(logging.ERROR)
         try:
             quantize_dynamic(
-                # uint8 weights: exact on every x86 CPU; slower than int8 weights where VNNI is (module docstring)
-                src, dst, weight_type=QuantType.QUInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
+                # uint8 weights: exact on every x86 CPU; int8 ones are faster where VNNI is (module docstring)
+                src, dst, weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=["MatMul", "Gemm"],
                 # products of two activations (attention, Nystrom) stay float32
                 # the chunked attention's projections sit in Scan bodies (TransMIL: q, k, v and the output
                 # projection); their weights are the outer graph's initializers

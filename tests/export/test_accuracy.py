@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,6 +15,7 @@ from milsdk.cli import main
 from milsdk.errors import BagError, VerificationError
 from milsdk.export.accuracy import accuracy_report, held_out_bags, spearman, synthetic_bags
 from milsdk.export.api import export_checkpoint
+from milsdk.export.artifact import read_model_info
 from milsdk.export.onnx import export_onnx
 from milsdk.export.signature import model_info
 from milsdk.export.verify import VerificationPlan
@@ -111,6 +113,23 @@ def test_int8_export_writes_the_report_beside_the_artifact_and_fails_past_the_li
     with pytest.raises(VerificationError, match="nothing written, .*max probability change .*FAILED"):
         export_checkpoint(ckpt, tmp_path / "strict_out", profile=strict, plan=VerificationPlan.quick())
     assert not (tmp_path / "strict_out").exists()
+
+
+def test_a_profile_with_int8_weights_exports_int8_weights(tmp_path):
+    """``int8_weights = "int8"`` (as in cpu-int8-vnni) reaches the quantiser and the artifact's metadata. Limits
+    of 1 / 0 here: int8 weights are exact only where the CPU has VNNI, and this test runs on any CPU."""
+    from onnx import TensorProto
+
+    torch.manual_seed(1)
+    ckpt = save_checkpoint(ABMIL(in_shape=(D,), att_dim=16).eval(), tmp_path / "abmil.ckpt")
+    profile = tmp_path / "vnni.toml"
+    profile.write_text('precision = "int8"\nint8_weights = "int8"\nformats = ["onnx"]\n[accuracy]\n'
+                       'max_probability_change = 1.0\nmin_attention_spearman = 0.0\n')
+    export_checkpoint(ckpt, tmp_path / "out", profile=profile, plan=VerificationPlan.quick())
+    proto = onnx.load(tmp_path / "out" / "model.onnx")
+    weights = [i for i in proto.graph.initializer if i.name.endswith("_quantized")]
+    assert weights and all(w.data_type == TensorProto.INT8 for w in weights)
+    assert read_model_info(tmp_path / "out" / "model.onnx").extra["export"]["int8_weights"] == "int8"
 
 
 def test_cli_int8_export_with_held_out_bags(tmp_path):

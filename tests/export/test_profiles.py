@@ -17,8 +17,8 @@ def test_packaged_profiles_are_the_top_level_folder():
     link = REPO / "milsdk" / "export" / "profiles"
     assert link.is_symlink() and os.readlink(link) == "../../export/profiles"
     assert PROFILES_DIR.resolve() == (REPO / "export" / "profiles").resolve()
-    assert list_profiles() == ["cpu", "cpu-int8", "gpu-fp16", "triton-python", "triton-python-wire16",
-                               "triton-pytorch"]
+    assert list_profiles() == ["cpu", "cpu-int8", "cpu-int8-vnni", "gpu-fp16", "triton-python",
+                               "triton-python-wire16", "triton-pytorch"]
 
 
 def test_packaged_profiles():
@@ -48,10 +48,21 @@ def test_packaged_profiles():
         "int8", "float32", ("onnx",), "onnx", False)
     assert (int8.max_probability_change, int8.min_attention_spearman, int8.attention_min_instances) == (
         0.02, 0.98, 20)
+    assert (int8.int8_weights, cpu.int8_weights) == ("uint8", "uint8")
+    vnni = load_profile("cpu-int8-vnni")
+    assert (vnni.precision, vnni.int8_weights, vnni.formats, vnni.features_dtype) == (
+        "int8", "int8", ("onnx",), "float32")
     assert (cpu.max_probability_change, cpu.min_attention_spearman) == (0.02, 0.98)  # defaults
     wire16 = load_profile("triton-python-wire16")
     assert (wire16.precision, wire16.features_dtype, wire16.formats, wire16.triton_backend) == (
         "float32", "float16", ("onnx",), "python")
+
+
+def test_int8_weights_are_checked(tmp_path):
+    with pytest.raises(ExportError, match=r"int8_weights.*applies to precision int8, not float32"):
+        load_profile(_toml(tmp_path, 'int8_weights = "int8"\n'))
+    with pytest.raises(ExportError, match="int8_weights"):
+        load_profile(_toml(tmp_path, 'precision = "int8"\nformats = ["onnx"]\nint8_weights = "int4"\n'))
 
 
 def test_accuracy_limits_from_a_profile(tmp_path):
@@ -117,8 +128,8 @@ def test_bad_profiles_name_the_file_and_key(tmp_path, text, message):
 def test_unknown_names_and_missing_files(tmp_path):
     with pytest.raises(
         ExportError,
-        match="unknown profile 'gpu'; packaged profiles: cpu, cpu-int8, gpu-fp16, triton-python, triton-python-wire16, "
-        "triton-pytorch",
+        match="unknown profile 'gpu'; packaged profiles: cpu, cpu-int8, cpu-int8-vnni, gpu-fp16, triton-python, "
+        "triton-python-wire16, triton-pytorch",
     ):
         load_profile("gpu")
     with pytest.raises(ExportError, match="no such file"):

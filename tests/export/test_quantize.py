@@ -159,6 +159,36 @@ def test_every_product_with_a_constant_weight_is_int8(name, exported):
     assert any(p.key == METADATA_KEY for p in proto.metadata_props)
 
 
+def test_int8_weights_for_vnni_cpus_are_int8_and_right_where_vnni_is(exported, tmp_path, caplog):
+    """``int8_weights="int8"`` (the cpu-int8-vnni profile): int8 weights, recorded in the metadata. On a CPU with
+    VNNI / AMX its outputs are as close to float32 as uint8 weights'; on one without, onnxruntime's kernel
+    saturates and milsdk's backend says so when it loads the file (either way this CPU checks one of them)."""
+    from milsdk.serving.backends.onnxruntime import OnnxRuntimeBackend
+    from milsdk.utils.cpu import int8_sums_saturate
+
+    _, fp32_path, _ = exported["ABMIL"]
+    path = quantize_onnx(fp32_path, tmp_path / "vnni.onnx", int8_weights="int8")
+    proto = onnx.load(path)
+    weights = [i for i in proto.graph.initializer if i.name.endswith("_quantized")]
+    assert weights and all(w.data_type == TensorProto.INT8 for w in weights)
+    assert read_model_info(path).extra["export"]["int8_weights"] == "int8"
+    caplog.clear()
+    OnnxRuntimeBackend(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if int8_sums_saturate():
+        assert len(warnings) == 1 and "--profile cpu-int8" in warnings[0]
+    else:
+        assert warnings == []
+        x = np.random.default_rng(1).standard_normal((1, 300, D)).astype(np.float32)
+        feeds = {"features": x, "mask": np.ones((1, 300), dtype=bool)}
+        (ref_logits, ref_att), (logits, att) = _run(fp32_path, feeds), _run(path, feeds)
+        assert np.abs(logits - ref_logits).max() <= 5e-2 * (1 + np.abs(ref_logits).max())
+        assert np.abs(att - ref_att).max() <= 5e-3
+    with pytest.raises(ExportError, match="int8 weights 'int4'"):
+        quantize_onnx(fp32_path, tmp_path / "bad.onnx", int8_weights="int4")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 @pytest.mark.parametrize("name", ["ABMIL", "TransMIL"])
 def test_int8_outputs_are_close_to_float32_and_padding_is_exact(name, exported):
     _, fp32_path, int8_path = exported[name]
@@ -182,6 +212,12 @@ def test_int8_outputs_are_close_to_float32_and_padding_is_exact(name, exported):
         assert np.abs(p_logits - ref_logits).max() <= 5e-2 * (1 + np.abs(ref_logits).max())
         assert np.abs(p_att[:, :300] - ref_att).max() <= 5e-3
     assert np.all(p_att[:, 300:] == 0)
+
+
+def test_int8_weights_need_precision_int8(tmp_path):
+    with pytest.raises(ExportError, match="'int8' only with precision int8 \\(got float32\\)"):
+        export_onnx(ABMIL(in_shape=(D,)).eval(), tmp_path / "m.onnx", int8_weights="int8")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_torchscript_int8_is_refused_in_one_line(tmp_path):

@@ -156,13 +156,14 @@ class OnnxRuntimeBackend:
 
     def _warn_if_int8_weights_saturate(self, proto: onnx.ModelProto) -> None:
         """Warn once per load when the graph multiplies by int8 weights on a CPU where onnxruntime's u8 x s8 kernel
-        sums with saturation (x86 without VNNI): artifacts quantised before milsdk used uint8 weights."""
+        sums with saturation (x86 without VNNI): a ``cpu-int8-vnni`` export, or one quantised before milsdk used
+        uint8 weights."""
         products = int8_weight_products(proto.graph)
         if products and int8_sums_saturate():
             log.warning(
                 "%s: %d products with int8 weights, and this CPU has no VNNI (%s): onnxruntime sums them in a "
                 "saturating int16, so results can be far from float32 (a probability moved by 0.3 in one "
-                "measurement); export it again with milsdk (uint8 weights)",
+                "measurement); export it again with --profile cpu-int8 (uint8 weights)",
                 self.path, len(products), "/".join(EXACT_INT8_FLAGS),
             )
 
