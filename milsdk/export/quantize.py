@@ -13,9 +13,10 @@ products into a *saturating* int16 (``vpmaddubsw``; 2 x 255 x 127 overflows it),
 widens to 16 bits first and never saturates. Where VNNI is (AVX-512 VNNI, AVX-VNNI or AMX), the u8 x s8 kernel sums
 in int32 (``vpdpbusd``) and is exact, and faster than u8 x u8: on a 2-core AMD Zen 5 with AVX-512 VNNI, ABMIL D =
 1024 took 8.73 ms with int8 weights, 12.3 ms with uint8 weights and 14.55 ms in float32 at 16,000 instances (0.33 /
-0.54 / 0.69 ms at 1,000), TransMIL 370 / 403 / 447 ms at 16,000; so uint8 weights give up about a third of int8's
-gain on a VNNI CPU to stay right on every CPU. ``weights="int8"`` (the ``cpu-int8-vnni`` profile) takes it back, for
-artifacts served only on CPUs with VNNI or AMX. Measured on a Zen 3 (AVX2, no VNNI) against
+0.54 / 0.69 ms at 1,000), TransMIL 370 / 403 / 447 ms at 16,000; so uint8 weights keep about 40% of the time int8
+weights save on a VNNI CPU (ABMIL: x1.18 instead of x1.67 at 16,000), to stay right on every CPU.
+``weights="int8"`` (the ``cpu-int8-vnni`` profile) keeps all of it, for artifacts served only on CPUs with VNNI or
+AMX. Measured on a Zen 3 (AVX2, no VNNI) against
 eager float32, D = 1024, synthetic bags of 1 to 2,000 instances, max probability change / min attention Spearman:
 
     weights                   ABMIL             TransMIL         the demo's model, its 100 held-out bags
