@@ -408,15 +408,19 @@ class Trainer:
         # The bar is advanced by hand, not wrapped around the loader: tqdm's iterator closes the bar when the
         # loader ends, and Ctrl-C inside that close left the line unended under the CLI's "Interrupted" line.
         # Every close happens here, with Ctrl-C held until it is done.
-        with _ctrl_c_deferred():  # a bar interrupted half-made prints a traceback when it is collected
-            pbar = tqdm(
-                total=n_batches,
-                desc=f"[Epoch {self.epoch}] {mode}",
-                disable=self.disable_pbar or not self.ctx.is_main,
-                leave=True,
-            )
+        pbar: tqdm | None = None
         values: dict[str, float] = {}  # filled once the epoch has run
         try:
+            # a bar interrupted half-made prints a traceback when it is collected; a Ctrl-C held during the
+            # construction is raised here, inside the try, so that the finally below still ends the bar's line
+            # (raised before it, the bar was closed at exit, after the CLI's "Interrupted" line)
+            with _ctrl_c_deferred():
+                pbar = tqdm(
+                    total=n_batches,
+                    desc=f"[Epoch {self.epoch}] {mode}",
+                    disable=self.disable_pbar or not self.ctx.is_main,
+                    leave=True,
+                )
             local_loss, local_bags, pending = 0.0, 0, False
             if training:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -468,9 +472,10 @@ class Trainer:
                 values[f"{mode}/{name}"] = _as_float(metric.compute())
         finally:  # also on Ctrl-C or an error mid-epoch: the bar's line is ended before anything else is printed
             with _ctrl_c_deferred():
-                if values and not pbar.disable:  # the epoch's figures, drawn once, by the close
-                    pbar.set_postfix({k: round(v, 4) for k, v in values.items()}, refresh=False)
-                pbar.close()
+                if pbar is not None:
+                    if values and not pbar.disable:  # the epoch's figures, drawn once, by the close
+                        pbar.set_postfix({k: round(v, 4) for k, v in values.items()}, refresh=False)
+                    pbar.close()
         return values
 
     def _log(self, values: dict[str, float]) -> None:

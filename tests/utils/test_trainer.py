@@ -414,6 +414,42 @@ def test_ctrl_c_inside_a_progress_bar_call_is_raised_after_it(python_ctrl_c):
         pass  # no signal: nothing raised
 
 
+def _stderr_of_an_interrupted_run(capsys, epochs: int, **trainer_options) -> str:
+    """Train a small model with its bar shown until a KeyboardInterrupt leaves ``train``; stderr as the CLI would
+    print after it (read while the exception, and so the epoch's frame, lives)."""
+    model = small_model()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), obj_metric="loss", obj_metric_mode="min",
+                      disable_pbar=False, verbose=False, **trainer_options)
+    try:
+        trainer.train(epochs, loader(make_bags(8)))
+    except KeyboardInterrupt:
+        return capsys.readouterr().err
+    pytest.fail("the KeyboardInterrupt did not propagate")
+
+
+def test_ctrl_c_in_the_bars_constructor_ends_its_line_before_it_propagates(python_ctrl_c, capsys, monkeypatch):
+    """Ctrl-C that lands while an epoch's bar is being made is raised once the bar exists, inside the epoch's
+    try: the bar's line is ended before the KeyboardInterrupt leaves. (Raised before that try, the bar stayed open
+    and was closed at exit, after the CLI's "Interrupted" line: seen in a CI run of the Ctrl-C CLI test.)"""
+    import signal
+
+    import milsdk.utils.trainer as trainer_module
+
+    made = []
+
+    class SignalInConstructor(trainer_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            if len(made) == 2:  # the second bar of the run
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(trainer_module, "tqdm", SignalInConstructor)
+    err = _stderr_of_an_interrupted_run(capsys, 3)
+    assert len(made) == 2 and all(bar.disable for bar in made)  # closed (tqdm disables a bar it closes)
+    assert made[1].desc in err and err.endswith("\n"), repr(err[-200:])  # the interrupted bar's line is ended
+
+
 def test_ctrl_c_in_a_batch_ends_the_bars_line_before_it_propagates(capsys):
     """Ctrl-C while a batch runs (here: in the metric's update of the epoch's last batch) left the bar's line
     open until the bar was collected, and the CLI's 'Interrupted: ...' line was printed on the end of it."""
@@ -426,15 +462,7 @@ def test_ctrl_c_in_a_batch_ends_the_bars_line_before_it_propagates(capsys):
             if self.updates == 2:
                 raise KeyboardInterrupt
 
-    model = small_model()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), metrics_dict={"m": InterruptedMetric([0.0])},
-                      obj_metric="loss", obj_metric_mode="min", disable_pbar=False, verbose=False)
-    try:
-        trainer.train(1, loader(make_bags(8)))
-    except KeyboardInterrupt:  # read while the exception (and so the epoch's frame) lives, as the CLI prints
-        err = capsys.readouterr().err
-    else:
-        pytest.fail("the KeyboardInterrupt did not propagate")
+    err = _stderr_of_an_interrupted_run(capsys, 1, metrics_dict={"m": InterruptedMetric([0.0])})
     assert "[Epoch 1] train" in err and "1/2" in err  # interrupted in the second batch
     assert err.endswith("\n"), repr(err[-200:])
 
@@ -453,15 +481,7 @@ def test_ctrl_c_while_the_bar_closes_is_held_until_its_line_is_ended(capsys, mon
             super().close()
 
     monkeypatch.setattr(trainer_module, "tqdm", SignalInClose)
-    model = small_model()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), obj_metric="loss", obj_metric_mode="min",
-                      disable_pbar=False, verbose=False)
-    try:
-        trainer.train(1, loader(make_bags(8)))
-    except KeyboardInterrupt:
-        err = capsys.readouterr().err
-    else:
-        pytest.fail("the KeyboardInterrupt did not propagate")
+    err = _stderr_of_an_interrupted_run(capsys, 1)
     assert "[Epoch 1] train" in err and "2/2" in err
     assert err.endswith("\n"), repr(err[-200:])
 
