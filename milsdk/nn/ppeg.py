@@ -57,28 +57,28 @@ def grid_side(n: int) -> int:
     return side
 
 
-def _gather_with_leading(grid: torch.Tensor, lead: torch.Tensor, side_b: torch.Tensor, K: int) -> torch.Tensor:
+def _gather_with_leading(
+    grid: torch.Tensor, lead: torch.Tensor, k: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+    on_map: torch.Tensor,
+) -> torch.Tensor:
     """PPEG's output without ``keep_outside``: the cells and the leading tokens in one tensor, one gather, one
     mask. Every (B, L, D) tensor of it has the sequence's n_leading + S*S rows, so onnxruntime's arena reuses
     their buffers; gathering the S*S map rows and concatenating the leading ones in front left buffers of two
     sizes (peak RSS 4.12x instead of 3.54x a 100,000 x 1024 bag through an exported TransMIL).
 
     Args:
-        grid: (B, S, S, D) convolved cells; lead: (B, n_leading, D); side_b: (B, 1) sides; K: map tokens.
+        grid: (B, S, S, D) convolved cells; lead: (B, n_leading, D).
+        k, row, col, on_map: (B or 1, n_leading + K) each token's map index (negative for leading tokens), its
+            cell (0 off the map) and whether it is on its bag's map, as :meth:`PPEG._forward_padded` computes them.
 
     Returns:
-        (B, n_leading + K, D): the leading tokens, then map token k from its cell, zero past each bag's map.
+        (B, n_leading + K, D): the leading tokens, then each map token from its cell, zero past each bag's map.
     """
     B, S, D = grid.shape[0], grid.shape[1], grid.shape[3]
-    n_leading = lead.shape[1]
     cells = torch.cat([grid.reshape(B, S * S, D), lead], dim=1)  # cells first, then the leading tokens
-    k = torch.arange(n_leading + K, device=grid.device).reshape(1, n_leading + K) - n_leading
-    side_1 = side_b.clamp_min(1)
-    row = torch.div(k, side_1, rounding_mode="floor")
-    on_map = (k >= 0) & (k < side_b * side_b)
     leading = k < 0
-    cell = torch.where(on_map, row * S + (k - row * side_1), torch.zeros_like(k))
-    cell = torch.where(leading, S * S + n_leading + k, cell)  # tokens outside the map read cell 0, zeroed below
+    # leading token k sits at row S*S + n_leading + k; tokens outside the map read cell 0, zeroed below
+    cell = torch.where(leading, S * S + lead.shape[1] + k, row * S + col)
     Y = cells[torch.arange(B, device=grid.device).reshape(B, 1), cell]
     return Y * (on_map | leading).unsqueeze(-1).to(grid.dtype)
 
@@ -175,7 +175,7 @@ class PPEG(torch.nn.Module):
     def _forward_padded(
         self, X: torch.Tensor, side: torch.Tensor | None, n_leading: int = 0, keep_outside: bool = True
     ) -> torch.Tensor:
-        B, K, D = X.shape[0], X.shape[1] - n_leading, X.shape[2]
+        B, K = X.shape[0], X.shape[1] - n_leading
         lead = X[:, :0]
         X_map = X
         offset = n_leading  # where map token 0 sits in X_map
@@ -206,15 +206,16 @@ class PPEG(torch.nn.Module):
         grid = F.conv2d(grid.permute(0, 3, 1, 2), weight, bias, padding=3, groups=self.dim)
         grid = grid.permute(0, 2, 3, 1)  # (B, S, S, D)
 
-        if not keep_outside:
-            return _gather_with_leading(grid, lead, side_b, K)
-        # Gather each map token back from its cell; leading tokens and tokens outside the map keep their value.
+        # Gather each map token back from its cell; leading tokens (and, with keep_outside, tokens outside the
+        # map) keep their value.
         k = torch.arange(n_leading + K, device=device).reshape(1, n_leading + K) - n_leading
         row = torch.div(k, side_1, rounding_mode="floor")
         col = k - row * side_1
         on_map = (k >= 0) & (k < side_b * side_b)
         row = torch.where(on_map, row, torch.zeros_like(row))
         col = torch.where(on_map, col, torch.zeros_like(col))
+        if not keep_outside:
+            return _gather_with_leading(grid, lead, k, row, col, on_map)
         Y = grid[batch.reshape(B, 1), row, col]  # (B, n_leading + K, D)
         return torch.where(on_map.unsqueeze(-1), Y, X)
 

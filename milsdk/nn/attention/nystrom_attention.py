@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from milsdk.nn.export_mode import exporting
+from milsdk.nn.export_mode import exporting as is_exporting
 from milsdk.nn.masked import as_bool_mask
 
 __all__ = ["NystromAttention", "moore_penrose_iter_pinv", "nystrom_attention_rows"]
@@ -350,7 +350,7 @@ class NystromAttention(torch.nn.Module):
             ``residual``) to float rounding; 0 at padded positions (x there with ``residual``).
         """
         L = x.shape[1]
-        exporting = self._exporting()
+        exporting = is_exporting()
         n_chunks = self._chunk_count(L, chunk_size, length_bound, exporting)
         if not exporting and n_chunks <= 1:
             out = self.forward_att(_normalised(x, norm), mask)[0]
@@ -395,7 +395,7 @@ class NystromAttention(torch.nn.Module):
             (B, h, L) as :meth:`exact_attention_row` returns it, or an empty tensor without ``need_att``.
         """
         L = x.shape[1]
-        exporting = self._exporting()
+        exporting = is_exporting()
         n_chunks = self._chunk_count(L, chunk_size, length_bound, exporting)
         if not exporting and n_chunks <= 1:
             x = _normalised(x, norm)
@@ -418,11 +418,6 @@ class NystromAttention(torch.nn.Module):
         B = x.shape[0]
         scores = row_scores.reshape(B, self.n_heads, row_scores.shape[-1])[..., :L]  # (B, h, L)
         return y, _masked_softmax_last(scores, keep[:, None, :], keep.any(dim=1)[:, None, None])
-
-    @staticmethod
-    def _exporting() -> bool:
-        """True while torch.export traces (the chunks become a scan); TorchScript never compiles the test."""
-        return exporting()
 
     @staticmethod
     def _chunk_count(L: int, chunk_size: int, length_bound: int, exporting: bool) -> int:
