@@ -2,7 +2,9 @@
 
 For each model (default: every registered one) and bag size it measures eager milsdk, eager torchmil 1.0.2 (the
 reference a user would otherwise run), TorchScript and onnxruntime through :class:`~milsdk.serving.MILClient`, a
-raw default onnxruntime session on the same padded batches, and with ``triton=True`` Triton HTTP, gRPC and HTTP +
+raw default onnxruntime session on the same padded batches, int8 ONNX (uint8 weights; int8 weights where this CPU
+has VNNI / AMX) and bfloat16 TorchScript (where it has AMX / AVX-512 BF16) through the client, each with an
+accuracy report against eager float32, and with ``triton=True`` Triton HTTP, gRPC and HTTP +
 shared memory through the client (a real server, Python backend), HTTP and shared memory also with the float16 wire
 format (the model exported with float16 features, as the ``triton-python-wire16`` profile does). Each measurement
 is the median (p50) and p99 of ``repeats`` timed calls after ``warmup`` untimed ones, one bag per call;
@@ -36,7 +38,9 @@ import numpy as np
 from milsdk.bench.ceilings import gemm_ceilings, loopback_bandwidth, memory_bandwidth
 from milsdk.bench.machine import machine_info
 from milsdk.bench.overhead import client_overhead
-from milsdk.bench.workload import PreparedModel, count_flops, make_bag, model_inputs, prepare_model
+from milsdk.bench.workload import (
+    REDUCED_PATHS, PreparedModel, count_flops, make_bag, model_inputs, prepare_model,
+)
 
 __all__ = ["SuiteConfig", "quick_config", "run_suite", "PATHS", "DEFAULT_SIZES", "FLOAT16_WIRE_PATHS"]
 
@@ -46,8 +50,8 @@ DEFAULT_SIZES = (1_000, 4_000, 16_000, 64_000, 100_000)
 #: the measured paths, in report order.
 PATHS = (
     "eager milsdk", "eager torchmil", "TorchScript (MILClient)", "onnxruntime (MILClient)",
-    "onnxruntime raw session", "onnxruntime int8 (MILClient)", "Triton HTTP (MILClient)", "Triton gRPC (MILClient)",
-    "Triton HTTP+shm (MILClient)", "Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)",
+    "onnxruntime raw session", "onnxruntime int8 (MILClient)", *REDUCED_PATHS, "Triton HTTP (MILClient)",
+    "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)", "Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)",
 )
 #: Triton paths whose features travel as float16 (the triton-python-wire16 profile's export)
 FLOAT16_WIRE_PATHS = ("Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)")
@@ -207,6 +211,7 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
     raw = ort.InferenceSession(str(prepared.onnx_path), providers=["CPUExecutionProvider"]) if onnx_client else None
     ts_client = MILClient.from_path(prepared.torchscript_path) if prepared.torchscript_path else None
     int8_client = MILClient.from_path(prepared.int8_path) if prepared.int8_path else None
+    reduced = {path: MILClient.from_path(artifact) for path, artifact in prepared.reduced_paths.items()}
     info = onnx_client.info if onnx_client else None
     inputs_of = info.inputs if info else list(module.input_names)
     try:
@@ -258,11 +263,11 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
                                 ("onnxruntime raw session", result.raw_times)):
                 runner.results.append(Measurement(name, path, n, list(times), flops))
             overhead_rows.append(_overhead_row(name, result))
-            if int8_client is not None:
-                runner.measure(name, "onnxruntime int8 (MILClient)", n, flops,
-                               lambda: _ok(int8_client.predict(client_bag)))
+            for path, client in ({"onnxruntime int8 (MILClient)": int8_client} | reduced).items():
+                if client is not None:
+                    runner.measure(name, path, n, flops, lambda c=client: _ok(c.predict(client_bag)))
     finally:
-        for client in (onnx_client, ts_client, int8_client):
+        for client in (onnx_client, ts_client, int8_client, *reduced.values()):
             if client is not None:
                 client.close()
 
@@ -339,7 +344,7 @@ def _triton_phase(prepared: list[PreparedModel], config: SuiteConfig, runner: _R
                         flops = next((m.flops for m in runner.results if m.model == name and m.n == n), 0)
                         bag = make_bag(n, config.dim, seed=config.seed)
                         client_bag = [{"features": bag["features"], "coords": bag["coords"]}]
-                        runner.measure(name, path, n, flops, lambda: _ok(client.predict(client_bag)))
+                        runner.measure(name, path, n, flops, lambda c=client: _ok(c.predict(client_bag)))
     return notes
 
 
@@ -398,10 +403,12 @@ def run_suite(config: SuiteConfig, echo: Callable[[str], None] = print) -> dict[
                 else []
             )
             _measure_model(prepared, config, runner, overhead_rows)
-            if prepared.int8_path is not None:
-                accuracy = int8_accuracy(prepared, config)
-                results.setdefault("int8_accuracy", {})[name] = accuracy
-                echo(f"  int8 accuracy: {accuracy['summary']}")
+            artifacts = {"onnxruntime int8 (MILClient)": prepared.int8_path} | prepared.reduced_paths
+            for path, artifact in artifacts.items():
+                if artifact is not None:
+                    accuracy = reduced_accuracy(prepared, artifact, config)
+                    results.setdefault("accuracy", {}).setdefault(name, {})[path] = accuracy
+                    echo(f"  accuracy: {accuracy['summary']}")
             for m in measurements:
                 if m.model == name and m.times:
                     echo(f"  {m.path:28s} N={m.n:>7,d} {m.instances_per_s:>12,.0f} inst/s  "
@@ -443,16 +450,16 @@ def run_suite(config: SuiteConfig, echo: Callable[[str], None] = print) -> dict[
     return results
 
 
-def int8_accuracy(prepared: PreparedModel, config: SuiteConfig) -> dict[str, Any]:
-    """The int8 artifact's accuracy report against eager float32 on synthetic bags of the suite's sizes (at most
-    16,000 instances: the eager reference runs each bag once)."""
+def reduced_accuracy(prepared: PreparedModel, artifact: Path, config: SuiteConfig) -> dict[str, Any]:
+    """A reduced-precision artifact's accuracy report against eager float32 on synthetic bags of the suite's sizes
+    (at most 16,000 instances: the eager reference runs each bag once)."""
     from milsdk.export.accuracy import accuracy_report
     from milsdk.export.artifact import read_model_info
 
-    info = read_model_info(prepared.int8_path)
+    info = read_model_info(artifact)
     bags = [(f"synthetic-{n}", model_inputs(make_bag(n, config.dim, seed=config.seed + 1), info.inputs))
             for n in sorted({min(int(n), 16_000) for n in config.sizes})]
-    report = accuracy_report(prepared.int8_path, prepared.model, bags, bags_source="synthetic Gaussian")
+    report = accuracy_report(artifact, prepared.model, bags, bags_source="synthetic Gaussian")
     return {"summary": report.summary(), "max_probability_change": report.max_probability_change,
             "min_attention_spearman": report.min_attention_spearman, "passed": report.passed,
             "sizes": [int(inputs["mask"].shape[1]) for _, inputs in bags]}

@@ -2,7 +2,8 @@
 
 :func:`prepare_model` builds a registered model at the suite's feature dimension, converts torchmil's model of the
 same name to it where :func:`milsdk.models.from_torchmil` can (so both eager paths hold the same weights), and
-exports it to ONNX and TorchScript. :func:`make_bag` makes one bag (features and grid coords, so that models using
+exports it to ONNX and TorchScript, to int8 ONNX (uint8 weights, right on every CPU; int8 weights where this CPU has
+VNNI / AMX) and, where this CPU has AMX / AVX-512 BF16, to bfloat16 TorchScript. :func:`make_bag` makes one bag (features and grid coords, so that models using
 positions or a graph run too) and :func:`model_inputs` the padded arrays of the deployment contract for it, with
 the graph the client would build.
 """
@@ -18,8 +19,15 @@ from typing import Any
 import numpy as np
 
 from milsdk.export.bags import bag_batch as model_inputs
+from milsdk.utils.cpu import BFLOAT16_FLAGS, EXACT_INT8_FLAGS, bfloat16_is_emulated, int8_sums_saturate
 
-__all__ = ["PreparedModel", "prepare_model", "make_bag", "model_inputs", "count_flops"]
+__all__ = ["BFLOAT16_PATH", "INT8_WEIGHTS_PATH", "REDUCED_PATHS", "PreparedModel", "prepare_model", "make_bag",
+           "model_inputs", "count_flops"]
+
+#: the suite's paths of the artifacts that need a CPU's fast kernels (``PreparedModel.reduced_paths``)
+INT8_WEIGHTS_PATH = "onnxruntime int8 weights (MILClient)"
+BFLOAT16_PATH = "TorchScript bfloat16 (MILClient)"
+REDUCED_PATHS = (INT8_WEIGHTS_PATH, BFLOAT16_PATH)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,9 @@ class PreparedModel:
         model: the milsdk model (eval mode).
         onnx_path / torchscript_path / int8_path: its exported artifacts, int8 the ``cpu-int8`` profile's ONNX
             (None where the export failed; see ``notes``).
+        reduced_paths: the artifacts this CPU has fast kernels for, by suite path: int8 weights (the
+            ``cpu-int8-vnni`` profile's ONNX) where it has VNNI / AMX, the ``cpu-bf16`` profile's TorchScript
+            where it has AMX / AVX-512 BF16 (:data:`REDUCED_PATHS`).
         torchmil_model: torchmil's model of the same name, or None where torchmil has none that runs on a bag.
         same_weights: whether ``torchmil_model`` holds the milsdk model's weights.
         notes: what could not be done and why, one line each.
@@ -43,6 +54,7 @@ class PreparedModel:
     onnx_path: Path | None = None
     torchscript_path: Path | None = None
     int8_path: Path | None = None
+    reduced_paths: dict[str, Path] = field(default_factory=dict)
     torchmil_model: Any = None
     same_weights: bool = False
     torchmil_call: tuple[str, ...] = ()
@@ -113,13 +125,33 @@ def prepare_model(name: str, dim: int, out_dir: Path, seed: int = 0, small: bool
             notes.append(f"{kind} export failed: {str(exc).splitlines()[0]}")
             continue
         setattr(prepared, f"{kind}_path", Path(path))
+    if bfloat16_is_emulated():
+        notes.append(f"{BFLOAT16_PATH} not measured: this CPU has no {' / '.join(BFLOAT16_FLAGS)}")
+    else:
+        try:
+            path = export_torchscript(model, out_dir / f"{name}_bf16.pt", precision="bfloat16")
+            prepared.reduced_paths[BFLOAT16_PATH] = Path(path)
+        except Exception as exc:  # noqa: BLE001 - same
+            notes.append(f"bfloat16 export failed: {str(exc).splitlines()[0]}")
     if prepared.onnx_path is None:
         notes.append("int8 not exported: the float32 ONNX export failed")
         return prepared
-    try:  # the int8 export of the float32 file: the same graph, without tracing the model again
-        prepared.int8_path = Path(quantize_onnx(prepared.onnx_path, out_dir / f"{name}_int8.onnx"))
-    except Exception as exc:  # noqa: BLE001 - same
-        notes.append(f"int8 export failed: {str(exc).splitlines()[0]}")
+    # the int8 exports of the float32 file: the same graph, without tracing the model again
+    weights = {"uint8": (None, f"{name}_int8.onnx")}
+    if int8_sums_saturate():
+        notes.append(f"{INT8_WEIGHTS_PATH} not measured: this CPU has no {' / '.join(EXACT_INT8_FLAGS)}")
+    else:
+        weights["int8"] = (INT8_WEIGHTS_PATH, f"{name}_int8_weights.onnx")
+    for kind, (path_name, file_name) in weights.items():
+        try:
+            path = Path(quantize_onnx(prepared.onnx_path, out_dir / file_name, int8_weights=kind))
+        except Exception as exc:  # noqa: BLE001 - same
+            notes.append(f"int8 export ({kind} weights) failed: {str(exc).splitlines()[0]}")
+            continue
+        if path_name is None:
+            prepared.int8_path = path
+        else:
+            prepared.reduced_paths[path_name] = path
     return prepared
 
 

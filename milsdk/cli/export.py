@@ -42,9 +42,8 @@ import click
     "--profile",
     default="cpu",
     show_default=True,
-    help="Profile name (cpu, cpu-int8, cpu-int8-vnni, gpu-fp16, triton-python, triton-python-wire16, triton-pytorch) "
-    "or path to "
-    "a .toml profile.",
+    help="Profile name (cpu, cpu-bf16, cpu-int8, cpu-int8-vnni, gpu-fp16, triton-python, triton-python-wire16, "
+    "triton-pytorch) or path to a .toml profile.",
 )
 @click.option(
     "--accuracy-bags",
@@ -70,7 +69,7 @@ def export(
 
     Nothing is written unless every artifact passes verification (parity with eager PyTorch at batch sizes 1-8
     and bag sizes 1-5000, padding invariance, finite one-instance bags); the report is written beside the
-    artifacts (verification.json / verification.md). A reduced-precision export (--profile cpu-int8, gpu-fp16)
+    artifacts (verification.json / verification.md). A reduced-precision export (--profile cpu-int8, cpu-bf16, gpu-fp16)
     also writes accuracy.json / accuracy.md: probability change and attention rank correlation against float32
     on the --accuracy-bags, and fails if the profile's limits are missed.
 
@@ -80,6 +79,7 @@ def export(
       milsdk export abmil.ckpt --format onnx --triton model_repository --version 2
       milsdk export abmil.ckpt --profile gpu-fp16 --triton model_repository
       milsdk export abmil.ckpt --profile cpu-int8 --accuracy-bags held_out_slides/
+      milsdk export abmil.ckpt --profile cpu-bf16 --accuracy-bags held_out_slides/
       milsdk export abmil.ckpt --profile triton-python --triton model_repository
     """
     from milsdk.export.api import default_name, export_checkpoint

@@ -1,5 +1,5 @@
-"""The accuracy report of a reduced-precision artifact (int8, float16): what it changes against eager float32 on
-held-out bags, written beside the artifact as ``accuracy.json`` / ``accuracy.md``.
+"""The accuracy report of a reduced-precision artifact (int8, float16, bfloat16): what it changes against eager
+float32 on held-out bags, written beside the artifact as ``accuracy.json`` / ``accuracy.md``.
 
 Per bag (each run alone): the largest change of a class probability (sigmoid or softmax of the logits, as the
 client reports them; for a survival model, ``output_activation = "risk"``, the risk itself), whether the
@@ -189,10 +189,10 @@ def accuracy_report(
     min_attention_spearman: float = 0.98,
     attention_min_instances: int = 20,
 ) -> AccuracyReport:
-    """Compare an ONNX artifact with its eager float32 model on each bag alone.
+    """Compare an ONNX or TorchScript artifact with its eager float32 model on each bag alone.
 
     Args:
-        artifact_path: the reduced-precision ``.onnx`` file.
+        artifact_path: the reduced-precision ``.onnx`` or ``.pt`` file.
         model: the eager model it was exported from.
         bags: (name, inputs) pairs, inputs a batch of one bag: features (1, N, D), mask (1, N), extra inputs.
         bags_source: where the bags come from, for the report ("held-out: <paths>" or "synthetic Gaussian").
@@ -202,11 +202,12 @@ def accuracy_report(
     Returns:
         The report (``passed`` says whether the limits are met).
     """
-    from milsdk.export.verify import _eager_runner, _onnx_runner
+    from milsdk.export.artifact import artifact_format
+    from milsdk.export.verify import _artifact_runner, _eager_runner
 
     path = Path(artifact_path)
     info = read_model_info(path)
-    run, (eager, _) = _onnx_runner(path), _eager_runner(model)
+    run, (eager, _) = _artifact_runner(path, artifact_format(path), info), _eager_runner(model)
     per_bag, changes, rhos, same = [], [], [], []
     for name, inputs in bags:
         logits, attention = run(inputs)

@@ -133,7 +133,7 @@ def export_checkpoint(
         example_sizes: (batch, bag size) of the export example, both >= 2.
         progress: called with a short message at each step.
         accuracy_bags: held-out feature files or folders for the accuracy report of a reduced-precision
-            (int8 / float16) ONNX export; default synthetic bags (:mod:`milsdk.export.accuracy`).
+            (int8 / float16 / bfloat16) export; default synthetic bags (:mod:`milsdk.export.accuracy`).
 
     Returns:
         ExportResult (paths, sizes, timings, reports).
@@ -181,7 +181,9 @@ def export_checkpoint(
     )
     plan = plan or VerificationPlan.default()
     accuracy_input, accuracy = None, None
-    if (prof.precision != "float32" or prof.features_dtype != "float32") and "onnx" in chosen:
+    # the accuracy report judges the artifact that serves: the ONNX file when there is one, else TorchScript
+    accuracy_format = "onnx" if "onnx" in chosen else chosen[0]
+    if prof.precision != "float32" or prof.features_dtype != "float32":
         accuracy_input = (
             (f"held-out: {', '.join(map(str, accuracy_bags))}", held_out_bags(accuracy_bags, info))
             if accuracy_bags else ("synthetic Gaussian (pass held-out feature files for a meaningful report)",
@@ -228,9 +230,10 @@ def export_checkpoint(
         extra_files = [json_path, md_path]
         if accuracy_input is not None:
             source, bags = accuracy_input
-            say(f"accuracy of model.onnx ({prof.precision}) against float32 on {len(bags)} bags")
+            artifact_name = ARTIFACT_NAMES[accuracy_format]
+            say(f"accuracy of {artifact_name} ({prof.precision}) against float32 on {len(bags)} bags")
             accuracy = accuracy_report(
-                stage / ARTIFACT_NAMES["onnx"], model, bags, bags_source=source,
+                stage / artifact_name, model, bags, bags_source=source,
                 max_probability_change=prof.max_probability_change,
                 min_attention_spearman=prof.min_attention_spearman,
                 attention_min_instances=prof.attention_min_instances,

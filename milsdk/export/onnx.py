@@ -162,6 +162,11 @@ def export_onnx(
             f"int8_weights={int8_weights!r}: expected one of {', '.join(INT8_WEIGHTS)}, and 'int8' only with "
             f"precision int8 (got {precision})"
         )
+    if precision == "bfloat16":
+        raise ExportError(
+            "precision bfloat16 is a TorchScript export: onnxruntime's CPU provider has no bfloat16 MatMul "
+            "(NOT_IMPLEMENTED); use --format torchscript (the cpu-bf16 profile)"
+        )
     module = DeploymentModule(model, precision)
     base = info if info is not None else model_info(model)
     details = {"int8_weights": int8_weights} if precision == "int8" else {}

@@ -169,6 +169,9 @@ def _parse(path: Path, data: dict[str, Any], name: str) -> ExportProfile:
     accuracy.done()
     if precision == "int8" and "torchscript" in formats:
         raise top._fail("formats", "holds 'torchscript'; precision int8 is an ONNX export")
+    if precision == "bfloat16" and "onnx" in formats:
+        raise top._fail("formats", "holds 'onnx'; precision bfloat16 is a TorchScript export (onnxruntime's CPU "
+                        "provider has no bfloat16 MatMul)")
     backend = triton.take("backend", str, "onnxruntime", tuple(TRITON_BACKENDS))
     dynamic_batching = triton.take("dynamic_batching", bool, False)
     groups = []

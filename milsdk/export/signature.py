@@ -29,6 +29,7 @@ import numpy as np
 from milsdk.contract import AXIS_NAMES, FEATURES, ModelInfo, input_kind, input_names
 from milsdk.errors import ExportError
 from milsdk.export.bags import random_batch
+from milsdk.nn.linear import to_bfloat16_linears
 
 __all__ = [
     "FEATURE_DTYPES",
@@ -42,8 +43,10 @@ __all__ = [
 ]
 
 #: compute precisions an export can use. Inputs other than features and all outputs stay float32. int8 is ONNX
-#: only: the float32 graph's weights quantised after export (:mod:`milsdk.export.quantize`).
-PRECISIONS = ("float32", "float16", "int8")
+#: only: the float32 graph's weights quantised after export (:mod:`milsdk.export.quantize`). bfloat16 is
+#: TorchScript only: the Linear layers' products in bfloat16, the rest float32 (onnxruntime's CPU provider has
+#: no bfloat16 MatMul).
+PRECISIONS = ("float32", "float16", "bfloat16", "int8")
 #: dtypes the ``features`` input can have.
 FEATURE_DTYPES = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -94,9 +97,12 @@ class DeploymentModule(torch.nn.Module):
 
     Args:
         model: a MILModel with ``in_shape=(D,)`` (eval mode is set).
-        precision: "float32", "float16" or "int8". With float16 a half-precision copy of the model runs inside:
-            features are cast on entry, the masked softmax of the attention and the outputs stay float32. int8
-            traces the float32 model (the ONNX exporter quantises the graph afterwards).
+        precision: "float32", "float16", "bfloat16" or "int8". With float16 a half-precision copy of the model
+            runs inside: features are cast on entry, the masked softmax of the attention and the outputs stay
+            float32. With bfloat16 a copy whose ``nn.Linear`` layers are :class:`~milsdk.nn.linear.Bfloat16Linear`
+            runs inside: each Linear casts its input to bfloat16 and returns float32, everything else (norms,
+            activations, attention products, softmaxes, pooling) stays float32. int8 traces the float32 model
+            (the ONNX exporter quantises the graph afterwards).
 
     Shapes:
         features: (B, N, D) float32 (or float16), zero-padded; mask: (B, N) bool, True = real instance;
@@ -125,8 +131,11 @@ class DeploymentModule(torch.nn.Module):
             raise ExportError(
                 f"{_model_name(model)}: precision must be one of {PRECISIONS}, got {precision!r}"
             )
-        if precision in _TORCH_DTYPES and precision != "float32":
-            model = copy.deepcopy(model).to(_TORCH_DTYPES[precision])
+        if precision == "float16":
+            model = copy.deepcopy(model).half()
+        elif precision == "bfloat16":
+            model = copy.deepcopy(model)
+            to_bfloat16_linears(model)
         self.model = model.eval()
         self.precision = precision
         self.binary = model.n_outputs == 1

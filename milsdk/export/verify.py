@@ -5,9 +5,10 @@ deployment signature run the same fresh random bags, at batch sizes 1..8 and bag
 batches whose bags have different sizes (mixed padding). Checks (DESIGN.md, "Deployment contract"):
 
 - parity: max abs difference of logits and of attention vs eager float32 (float32 artifacts <= 1e-4; float16
-  artifacts |a - e| <= 1e-2 + 1e-2 |e|, because half precision keeps ~3 significant digits);
+  artifacts |a - e| <= 1e-2 + 1e-2 |e|, because half precision keeps ~3 significant digits; bfloat16 ones
+  2e-2 + 2e-2 |e|: 8 significant bits in their Linear layers' products);
 - padding invariance, on the artifact itself: a bag alone vs the same bag padded inside a larger batch
-  (<= 1e-5; float16 <= 1e-3). A model declaring ``padding_invariant = False`` is reported as "declared not
+  (<= 1e-5; float16 <= 1e-3; bfloat16 <= 1e-2). A model declaring ``padding_invariant = False`` is reported as "declared not
   invariant" with its note and its measured numbers, without failing;
 - every output finite; a one-instance bag gives finite logits and attention 1;
 - attention sums to 1 over the real instances (<= 1e-4; float16 1e-3) and is 0 on padding;
@@ -152,11 +153,15 @@ class Tolerances:
         sums. int8: 5e-2 + 5e-2 |e| parity (the int8 weights' rounding; the accuracy report states the effect on
         probabilities and attention ranks), 5e-2 padding (zeros never change the activations' scale, but it is
         per tensor: the other bags of a batch move a bag's result by about one quantisation step), 1e-4 sums
-        (the softmax stays float32)."""
+        (the softmax stays float32). bfloat16 (the Linear layers' products; :mod:`milsdk.nn.linear`): 2e-2 + 2e-2
+        |e| parity (the demo's trained ABMIL: 1.7e-2 at bags of up to 5,000), 1e-2 padding, 1e-4 sums (the
+        softmax stays float32)."""
         if precision == "int8":
             return cls(parity_atol=5e-2, parity_rtol=5e-2, padding=5e-2, attention_sum=1e-4)
         if precision == "float16":
             return cls(parity_atol=1e-2, parity_rtol=1e-2, padding=1e-3, attention_sum=1e-3)
+        if precision == "bfloat16":
+            return cls(parity_atol=2e-2, parity_rtol=2e-2, padding=1e-2, attention_sum=1e-4)
         return cls(parity_atol=1e-4, parity_rtol=0.0, padding=1e-5, attention_sum=1e-4)
 
 
@@ -376,6 +381,11 @@ def _torchscript_runner(path: Path, input_names: list[str]) -> Runner:
     return run
 
 
+def _artifact_runner(path: Path, fmt: str, info: ModelInfo) -> Runner:
+    """The runner of an ONNX (onnxruntime, CPU) or TorchScript (torch.jit, CPU) artifact."""
+    return _onnx_runner(path) if fmt == "onnx" else _torchscript_runner(path, list(info.inputs))
+
+
 def _eager_runner(model: torch.nn.Module) -> tuple[Runner, DeploymentModule]:
     module = DeploymentModule(model, "float32")
 
@@ -463,7 +473,7 @@ def verify_export(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    run = _onnx_runner(path) if fmt == "onnx" else _torchscript_runner(path, list(info.inputs))
+    run = _artifact_runner(path, fmt, info)
     eager, module = _eager_runner(model)
     timings["load_s"] = time.perf_counter() - start
     input_names = module.input_names

@@ -15,7 +15,7 @@ from milsdk.errors import ModelConfigError
 from milsdk.models.mil_model import MILModel
 from milsdk.models.registry import register_model
 from milsdk.nn.attention import AttentionPool
-from milsdk.nn.linear import LazyLinear
+from milsdk.nn.linear import LazyLinear, linear_in_weight_dtype
 from milsdk.nn.masked import as_bool_mask, masked_softmax
 
 __all__ = ["DTFDMIL", "pseudo_bag_groups"]
@@ -192,7 +192,7 @@ class DTFDMIL(MILModel):
         a = masked_softmax(f.unsqueeze(1).expand(-1, self.n_groups, -1), member, dim=2)  # (B, G, N)
         z = torch.bmm(a, H)  # (B, G, D)
         pseudo_logits = self.classifier(z) * group_valid.unsqueeze(-1).to(H.dtype)  # (B, G, C)
-        cam = torch.matmul(H, self.classifier.weight.t())  # (B, N, C)
+        cam = linear_in_weight_dtype(H, self.classifier.weight)  # (B, N, C)
 
         if self.distill_mode == "afs":
             distilled = z

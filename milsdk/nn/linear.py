@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["LazyLinear", "get_feat_dim"]
+__all__ = ["Bfloat16Linear", "LazyLinear", "get_feat_dim", "linear_in_weight_dtype", "to_bfloat16_linears"]
 
 
 def LazyLinear(
@@ -46,3 +46,81 @@ def get_feat_dim(feat_ext: torch.nn.Module, input_shape: Sequence[int]) -> int:
         out = feat_ext(torch.zeros(1, 1, *input_shape))
         feat_ext.train(was_training)
     return int(out.shape[-1])
+
+
+def linear_in_weight_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` computed in the weight's dtype, returned in the input's.
+
+    With float32 weights this is ``F.linear`` itself (the casts are no-ops); with the bfloat16 weights of a
+    :class:`Bfloat16Linear` the matrix product runs in bfloat16 (AMX / AVX-512 BF16 kernels accumulate in float32)
+    while everything around it stays float32.
+
+    Shapes:
+        x: (..., in_features); weight: (out_features, in_features); bias: (out_features,). Returns
+        (..., out_features) in x's dtype.
+    """
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+
+class Bfloat16Linear(torch.nn.Module):
+    """A Linear layer whose weight and bias are bfloat16 and whose matrix product runs in bfloat16: float32 in,
+    float32 out (:func:`linear_in_weight_dtype`). Made from a trained ``nn.Linear`` by :meth:`from_linear`; the
+    state-dict keys stay ``weight`` / ``bias``.
+
+    Shapes:
+        x: (..., in_features) -> (..., out_features), in x's dtype.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features = int(weight.shape[1])
+        self.out_features = int(weight.shape[0])
+        self.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = torch.nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> Bfloat16Linear:
+        """The bfloat16 copy of ``linear`` (its weights rounded to bfloat16)."""
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        return linear_in_weight_dtype(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+#: Linear layers with fewer outputs stay float32 (see :func:`to_bfloat16_linears`).
+MIN_BFLOAT16_OUTPUTS = 16
+
+
+def to_bfloat16_linears(model: torch.nn.Module) -> int:
+    """Replace, in place, every ``nn.Linear`` of ``model`` with at least :data:`MIN_BFLOAT16_OUTPUTS` outputs
+    (exactly that class: subclasses such as ``NonDynamicallyQuantizableLinear`` are read by their owners' own
+    code) with its :class:`Bfloat16Linear`. Everything else (norms, convolutions, attention products, softmaxes,
+    the parameters read directly as weights of :func:`linear_in_weight_dtype` calls, which follow their Linear)
+    keeps its dtype.
+
+    Narrow layers stay float32 because their outputs are rounded to bfloat16 (torch's CPU products return their
+    inputs' dtype) and they are the attention scores and the logits, where 8 significant bits show: with every
+    layer converted, the demo's trained ABMIL moved a logit by 0.055 and an attention weight by 0.015 (bags of
+    5,000); with only the layers of >= 16 outputs converted, 0.0052 and 0.0040. Their products are a few dot
+    products per instance, memory-bound in any precision, so nothing is lost in speed.
+
+    Returns:
+        How many layers were replaced.
+    """
+    targets = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+               if name and type(module) is torch.nn.Linear and module.out_features >= MIN_BFLOAT16_OUTPUTS]
+    converted: dict[int, Bfloat16Linear] = {}  # a layer shared by two owners stays one layer
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if id(linear) not in converted:
+            converted[id(linear)] = Bfloat16Linear.from_linear(linear)
+        setattr(parent, child, converted[id(linear)])
+    return len(converted)

@@ -107,8 +107,8 @@ def test_bad_profile_is_one_line(ckpt, tmp_path, monkeypatch):
     result, _ = _run(["export", str(ckpt), "--profile", "gpu-fp32"], tmp_path, monkeypatch)
     assert result.exit_code == 1
     assert (
-        result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, cpu-int8, cpu-int8-vnni, "
-        "gpu-fp16, triton-python, triton-python-wire16, triton-pytorch (or a .toml path)"
+        result.stderr.strip() == "Error: unknown profile 'gpu-fp32'; packaged profiles: cpu, cpu-bf16, cpu-int8, "
+        "cpu-int8-vnni, gpu-fp16, triton-python, triton-python-wire16, triton-pytorch (or a .toml path)"
     )
 
 

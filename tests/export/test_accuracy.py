@@ -17,7 +17,7 @@ from milsdk.export.accuracy import accuracy_report, held_out_bags, spearman, syn
 from milsdk.export.api import export_checkpoint
 from milsdk.export.artifact import read_model_info
 from milsdk.export.onnx import export_onnx
-from milsdk.export.signature import model_info
+from milsdk.export.signature import DeploymentModule, model_info
 from milsdk.export.verify import VerificationPlan
 from milsdk.models import ABMIL
 from milsdk.utils.checkpoint import save_checkpoint
@@ -148,3 +148,33 @@ def test_cli_int8_export_with_held_out_bags(tmp_path):
                                     "--accuracy-bags", str(tmp_path / "none")])
     assert bad.exit_code != 0 and "none: no such file or folder" in bad.output
     assert "Traceback" not in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_bfloat16_export_is_torchscript_with_its_report_and_serves_close_to_float32(tmp_path):
+    from milsdk.serving import MILClient
+
+    torch.manual_seed(4)
+    model = ABMIL(in_shape=(D,), att_dim=16).eval()
+    ckpt = save_checkpoint(model, tmp_path / "abmil.ckpt")
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--profile", "cpu-bf16", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "accuracy.json", "accuracy.md", "model.pt", "verification.json", "verification.md"]
+    saved = json.loads((tmp_path / "out" / "accuracy.json").read_text())
+    assert saved["passed"] and (saved["artifact"], saved["precision"]) == ("model.pt", "bfloat16")
+    assert 0 < saved["max_probability_change"] <= 0.02 and saved["min_attention_spearman"] >= 0.98
+    assert read_model_info(tmp_path / "out" / "model.pt").extra["export"]["precision"] == "bfloat16"
+    bags = [np.random.default_rng(i).standard_normal((n, D)).astype(np.float32) for i, n in enumerate((3, 40, 7))]
+    eager = DeploymentModule(model)
+    with MILClient.from_path(tmp_path / "out" / "model.pt") as client:
+        got = client.predict(bags)
+    for g, bag in zip(got, bags):
+        with torch.no_grad():
+            logits, attention = eager(torch.from_numpy(bag)[None], torch.ones(1, len(bag), dtype=torch.bool))
+        np.testing.assert_allclose(g.logits, logits[0].numpy(), atol=2e-2, rtol=2e-2)
+        np.testing.assert_allclose(g.attention, attention[0].numpy(), atol=2e-2, rtol=2e-2)
+        assert not np.array_equal(g.attention, attention[0].numpy())  # bfloat16 products, not float32 ones
+    onnx_asked = CliRunner().invoke(main, ["export", str(ckpt), "--profile", "cpu-bf16", "--format", "onnx",
+                                           "-o", str(tmp_path / "onnx")])
+    assert onnx_asked.exit_code != 0 and "precision bfloat16 is a TorchScript export" in onnx_asked.output
+    assert "Traceback" not in onnx_asked.output and not (tmp_path / "onnx").exists()

@@ -123,6 +123,14 @@ def test_opset_and_float16_options(abmil, tmp_path):
     np.testing.assert_allclose(attention, ref_attention, atol=1e-2, rtol=1e-2)
 
 
+def test_bfloat16_is_refused_with_the_reason(abmil, tmp_path):
+    # onnxruntime's CPU provider has no bfloat16 MatMul: a bfloat16 graph would fail at load, on the server
+    with pytest.raises(ExportError, match="precision bfloat16 is a TorchScript export: onnxruntime's CPU provider "
+                       "has no bfloat16 MatMul"):
+        export_onnx(abmil[3], tmp_path / "bf16.onnx", precision="bfloat16")
+    assert not list(tmp_path.iterdir())
+
+
 def test_failed_save_leaves_no_file(abmil, tmp_path, monkeypatch):
     def broken_save(proto, path):
         with open(path, "wb") as fh:

@@ -17,7 +17,7 @@ def test_packaged_profiles_are_the_top_level_folder():
     link = REPO / "milsdk" / "export" / "profiles"
     assert link.is_symlink() and os.readlink(link) == "../../export/profiles"
     assert PROFILES_DIR.resolve() == (REPO / "export" / "profiles").resolve()
-    assert list_profiles() == ["cpu", "cpu-int8", "cpu-int8-vnni", "gpu-fp16", "triton-python",
+    assert list_profiles() == ["cpu", "cpu-bf16", "cpu-int8", "cpu-int8-vnni", "gpu-fp16", "triton-python",
                                "triton-python-wire16", "triton-pytorch"]
 
 
@@ -53,6 +53,10 @@ def test_packaged_profiles():
     assert (vnni.precision, vnni.int8_weights, vnni.formats, vnni.features_dtype) == (
         "int8", "int8", ("onnx",), "float32")
     assert (cpu.max_probability_change, cpu.min_attention_spearman) == (0.02, 0.98)  # defaults
+    bf16 = load_profile("cpu-bf16")
+    assert (bf16.precision, bf16.features_dtype, bf16.formats, bf16.triton_backend, bf16.uses_gpu) == (
+        "bfloat16", "float32", ("torchscript",), "pytorch", False)
+    assert (bf16.max_probability_change, bf16.min_attention_spearman) == (0.02, 0.98)
     wire16 = load_profile("triton-python-wire16")
     assert (wire16.precision, wire16.features_dtype, wire16.formats, wire16.triton_backend) == (
         "float32", "float16", ("onnx",), "python")
@@ -105,7 +109,8 @@ def test_profile_from_a_path(tmp_path):
         ("[[triton.instance_group]]\ngpus = [0]\n", "only valid with kind"),
         ("max_batch_size = 0\n", "key 'max_batch_size' must be >= 1"),
         ("max_batch_size = '8'\n", "key 'max_batch_size' must be int"),
-        ("precision = 'bfloat16'\n", "key 'precision' must be one of float32, float16, int8"),
+        ("precision = 'bf16'\n", "key 'precision' must be one of float32, float16, bfloat16, int8"),
+        ("precision = 'bfloat16'\n", "key 'formats' holds 'onnx'; precision bfloat16 is a TorchScript export"),
         ("features_dtype = 'int8'\n", "key 'features_dtype' must be one of float32, float16"),
         ("precision = 'int8'\n", "key 'formats' holds 'torchscript'; precision int8 is an ONNX export"),
         ("[accuracy]\nmax_probability_change = 2\n", "key 'accuracy.max_probability_change' must be between 0 and 1"),
@@ -128,8 +133,8 @@ def test_bad_profiles_name_the_file_and_key(tmp_path, text, message):
 def test_unknown_names_and_missing_files(tmp_path):
     with pytest.raises(
         ExportError,
-        match="unknown profile 'gpu'; packaged profiles: cpu, cpu-int8, cpu-int8-vnni, gpu-fp16, triton-python, "
-        "triton-python-wire16, triton-pytorch",
+        match="unknown profile 'gpu'; packaged profiles: cpu, cpu-bf16, cpu-int8, cpu-int8-vnni, gpu-fp16, "
+        "triton-python, triton-python-wire16, triton-pytorch",
     ):
         load_profile("gpu")
     with pytest.raises(ExportError, match="no such file"):

@@ -22,8 +22,10 @@ import torch
 from milsdk.contract import COORDS, EDGE_INDEX, EDGE_WEIGHT, FEATURES, MASK
 from milsdk.export.artifact import read_model_info
 from milsdk.export.signature import DeploymentModule
-from milsdk.export.verify import VerificationPlan, verify_export
+from milsdk.export.verify import Tolerances, VerificationPlan, verify_export
 from milsdk.models import MILModel, get_model_class, list_models
+import milsdk.nn.linear as linear_module
+from milsdk.nn.linear import MIN_BFLOAT16_OUTPUTS, Bfloat16Linear
 from milsdk.serving import MILClient
 from milsdk.serving.planner import pad_batch
 from milsdk.utils.graph import coords_graph
@@ -120,12 +122,16 @@ def extra_kwargs(model: MILModel, inputs: dict[str, torch.Tensor], graph: str = 
     return out
 
 
-def deploy(module: DeploymentModule, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The deployment signature on a batch: (logits (B, C), attention (B, N))."""
+def deploy(
+    module: DeploymentModule | torch.jit.ScriptModule, inputs: dict[str, torch.Tensor],
+    input_names: list[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deployment signature on a batch: (logits (B, C), attention (B, N)); a scripted module needs the
+    ``input_names`` of the module it was scripted from."""
     args = {FEATURES: inputs["X"], MASK: inputs["mask"].bool(), COORDS: inputs["coords"],
             EDGE_INDEX: inputs[EDGE_INDEX], EDGE_WEIGHT: inputs[EDGE_WEIGHT]}
     with torch.no_grad():
-        return module(*[args[name] for name in module.input_names])
+        return module(*[args[name] for name in (input_names or module.input_names)])
 
 
 def run(model: MILModel, inputs: dict[str, torch.Tensor], graph: str = "adj") -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,6 +307,37 @@ def test_checkpoint_round_trip_gives_the_same_outputs(name, n_classes, tmp_path)
     want_logits, want_att = run(model, inputs)
     got_logits, got_att = run(loaded, inputs)
     assert torch.equal(got_logits, want_logits) and torch.equal(got_att, want_att)
+
+
+@pytest.mark.parametrize("min_outputs", [MIN_BFLOAT16_OUTPUTS, 1], ids=["wide-layers", "every-layer"])
+@pytest.mark.parametrize("name,n_classes", CASES)
+def test_bfloat16_deployment_scripts_and_stays_within_bfloat16_tolerance_of_float32(
+    name, n_classes, min_outputs, monkeypatch
+):
+    # "every-layer": the test configurations' layers are narrow; converting all of them checks that each model
+    # runs (and scripts) with bfloat16 weights wherever a real-size model would have them
+    monkeypatch.setattr(linear_module, "MIN_BFLOAT16_OUTPUTS", min_outputs)
+    model = build(name, n_classes).eval()
+    inputs = batch(make_bags([7, 3, 12, 40], seed=5))
+    want_logits, want_att = deploy(DeploymentModule(model), inputs)
+    module = DeploymentModule(model, "bfloat16")
+    # every nn.Linear of the copy but the narrow ones is a Bfloat16Linear; the model itself is left as it was
+    wide = sum(type(m) is torch.nn.Linear and m.out_features >= min_outputs for m in model.modules())
+    assert sum(isinstance(m, Bfloat16Linear) for m in module.modules()) == wide and (wide or min_outputs > 1)
+    assert not any(type(m) is torch.nn.Linear and m.out_features >= min_outputs for m in module.modules())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    logits, att = deploy(module, inputs)
+    tol = Tolerances.for_precision("bfloat16")
+    for got, want in ((logits, want_logits), (att, want_att)):
+        assert got.dtype == torch.float32
+        excess = (got - want).abs() - (tol.parity_atol + tol.parity_rtol * want.abs())
+        assert float(excess.max()) <= 0, f"{name}: beyond bfloat16's tolerance by {float(excess.max()):.3g}"
+    mask = inputs["mask"].bool()
+    torch.testing.assert_close(att.sum(1), torch.ones(4), atol=tol.attention_sum, rtol=0)
+    assert torch.all(att[~mask] == 0)
+    scripted_logits, scripted_att = deploy(torch.jit.script(module), inputs, module.input_names)
+    torch.testing.assert_close(scripted_logits, logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(scripted_att, att, atol=1e-6, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

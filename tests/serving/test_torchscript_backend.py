@@ -39,3 +39,38 @@ def test_torchscript_without_metadata(tmp_path):
     torch.jit.save(torch.jit.script(Plain()), str(path))
     with pytest.raises(ArtifactError, match="no milsdk metadata"):
         TorchScriptBackend(path)
+
+
+def test_the_backend_tests_each_bags_features_so_a_bad_bag_loses_only_itself(abmil_pt, eager, make_bags):
+    client = MILClient.from_path(abmil_pt, device="cpu")
+    assert client.backend.checks_features
+    bags = make_bags([5, 9, 3])
+    bad = bags[1].copy()
+    bad[1, 2] = np.nan
+    out = client.backend.run({"features": np.stack([bags[0][:3], bad[:3], bags[2]]),
+                              "mask": np.ones((3, 3), dtype=bool)})
+    np.testing.assert_allclose(out["features_check"][[0, 2]], [bags[0][:3].sum(), bags[2].sum()], rtol=1e-5)
+    assert np.isnan(out["features_check"][1])
+    preds = client.predict([bags[0], bad, bags[2]])
+    assert (preds[1].index, preds[1].error) == (1, "features hold 1 NaN/inf values")
+    for pred, bag in zip((preds[0], preds[2]), (bags[0], bags[2])):
+        np.testing.assert_allclose(pred.logits, eager(bag)[0], atol=1e-5)
+
+
+def test_a_bfloat16_artifact_warns_on_a_cpu_that_emulates_bfloat16(
+    abmil_model, abmil_pt, tmp_path, monkeypatch, caplog
+):
+    from milsdk.export import export_torchscript
+    from milsdk.serving.backends import torchscript
+
+    path = export_torchscript(abmil_model, tmp_path / "bf16.pt", precision="bfloat16")
+    monkeypatch.setattr(torchscript, "bfloat16_is_emulated", lambda: True)
+    with caplog.at_level("WARNING", logger=torchscript.__name__):
+        TorchScriptBackend(path, device="cpu")
+    assert "no bfloat16 matrix instructions (amx_bf16/avx512_bf16)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=torchscript.__name__):
+        TorchScriptBackend(abmil_pt, device="cpu")  # float32: nothing to say
+        monkeypatch.setattr(torchscript, "bfloat16_is_emulated", lambda: False)
+        TorchScriptBackend(path, device="cpu")
+    assert caplog.text == ""

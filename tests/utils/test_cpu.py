@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from milsdk.utils.cpu import cpu_flags, int8_sums_saturate
+from milsdk.utils.cpu import bfloat16_is_emulated, cpu_flags, int8_sums_saturate
 
 
 def test_flags_are_read_from_the_first_processor(tmp_path):
@@ -24,3 +24,12 @@ def test_only_an_x86_cpu_known_to_lack_vnni_saturates():
 
 def test_this_machines_flags_are_those_of_proc_cpuinfo():
     assert cpu_flags() == cpu_flags("/proc/cpuinfo")
+
+
+def test_bfloat16_is_emulated_only_on_an_x86_cpu_known_to_lack_amx_and_avx512_bf16():
+    zen3 = frozenset({"avx2", "fma", "avx512f"})
+    assert bfloat16_is_emulated(zen3, "x86_64")
+    for unit in ("amx_bf16", "avx512_bf16"):
+        assert not bfloat16_is_emulated(zen3 | {unit}, "x86_64")
+    assert not bfloat16_is_emulated(zen3, "aarch64")  # oneDNN's x86 kernels are not the question there
+    assert not bfloat16_is_emulated(frozenset(), "x86_64")  # flags unknown: no claim

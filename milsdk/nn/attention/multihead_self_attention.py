@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from milsdk.nn.attention.memory_efficient_attention import memory_efficient_attention
+from milsdk.nn.linear import linear_in_weight_dtype
 from milsdk.nn.masked import as_bool_mask
 
 __all__ = ["MultiheadSelfAttention", "masked_attention_weights"]
@@ -116,8 +117,8 @@ class MultiheadSelfAttention(torch.nn.Module):
                 q, k, v = self.qkv_nn(x).chunk(3, dim=-1)
             else:
                 w = self.qkv_nn.weight
-                q = F.linear(x_q, w[: self.att_dim])
-                k, v = F.linear(x, w[self.att_dim :]).chunk(2, dim=-1)
+                q = linear_in_weight_dtype(x_q, w[: self.att_dim])
+                k, v = linear_in_weight_dtype(x, w[self.att_dim :]).chunk(2, dim=-1)
         else:
             q, k, v = x_q, x, x
         q, k, v = self._heads(q), self._heads(k), self._heads(v)

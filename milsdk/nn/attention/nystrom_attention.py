@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from milsdk.nn.export_mode import exporting as is_exporting
+from milsdk.nn.linear import linear_in_weight_dtype
 from milsdk.nn.masked import as_bool_mask
 
 __all__ = ["NystromAttention", "moore_penrose_iter_pinv", "nystrom_attention_rows"]
@@ -261,7 +262,7 @@ class NystromAttention(torch.nn.Module):
             # three products on row blocks of the weight, not one product chunked: a (L, 3 * att_dim) output
             # split in three is three more copies of (L, att_dim) in an exported graph (onnxruntime's Split)
             q, k, v = self._project(x, 0), self._project(x, 1), self._project(x, 2)
-            q_land, k_land = F.linear(x_land, self.qkv.weight[: 2 * self.att_dim]).chunk(2, dim=-1)
+            q_land, k_land = linear_in_weight_dtype(x_land, self.qkv.weight[: 2 * self.att_dim]).chunk(2, dim=-1)
         else:
             q, k, v = x, x, x
             q_land, k_land = x_land, x_land
@@ -312,7 +313,7 @@ class NystromAttention(torch.nn.Module):
         if self.qkv is None:
             return x
         a = self.att_dim
-        return F.linear(x, self.qkv.weight[part * a : (part + 1) * a])
+        return linear_in_weight_dtype(x, self.qkv.weight[part * a : (part + 1) * a])
 
     def forward_chunked(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 4096, length_bound: int = 0,
