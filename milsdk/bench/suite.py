@@ -8,7 +8,11 @@ accuracy report against eager float32, and with ``triton=True`` Triton HTTP, gRP
 shared memory through the client (a real server, Python backend), HTTP and shared memory also with the float16 wire
 format (the model exported with float16 features, as the ``triton-python-wire16`` profile does). Each measurement
 is the median (p50) and p99 of ``repeats`` timed calls after ``warmup`` untimed ones, one bag per call;
-instances/s = N / p50. The FLOPs of the model's matrix products are counted once per size
+instances/s = N / p50. The paths of one size are timed in turns, one call each per round in an order that rotates
+(``_Runner.measure_together``), so that their ratios hold under a machine's changing load; the Triton paths' rounds
+include the in-process client again (:data:`~milsdk.bench.workload.IN_PROCESS_BESIDE_TRITON`), the base of their
+share of in-process. The raw session is timed only against the client, alternately with a pause
+(:mod:`milsdk.bench.overhead`): a default session's pool spins after its run. The FLOPs of the model's matrix products are counted once per size
 (:func:`~milsdk.bench.workload.count_flops`), so every path's GFLOP/s can be read against the machine's GEMM
 ceiling (:mod:`milsdk.bench.ceilings`) measured in the same run.
 Peak RSS of one bag is measured in a fresh process per path (:mod:`milsdk.bench.rss`), the planner's padding on
@@ -22,6 +26,7 @@ records the load average); they are never asserted anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -39,7 +44,7 @@ from milsdk.bench.ceilings import gemm_ceilings, loopback_bandwidth, memory_band
 from milsdk.bench.machine import machine_info
 from milsdk.bench.overhead import client_overhead
 from milsdk.bench.workload import (
-    REDUCED_PATHS, PreparedModel, count_flops, make_bag, model_inputs, prepare_model,
+    IN_PROCESS_BESIDE_TRITON, REDUCED_PATHS, PreparedModel, count_flops, make_bag, model_inputs, prepare_model,
 )
 
 __all__ = ["SuiteConfig", "quick_config", "run_suite", "PATHS", "DEFAULT_SIZES", "FLOAT16_WIRE_PATHS"]
@@ -51,7 +56,8 @@ DEFAULT_SIZES = (1_000, 4_000, 16_000, 64_000, 100_000)
 PATHS = (
     "eager milsdk", "eager torchmil", "TorchScript (MILClient)", "onnxruntime (MILClient)",
     "onnxruntime raw session", "onnxruntime int8 (MILClient)", *REDUCED_PATHS, "Triton HTTP (MILClient)",
-    "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)", "Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)",
+    "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)", "Triton HTTP float16 wire (MILClient)",
+    "Triton HTTP+shm float16 wire (MILClient)", IN_PROCESS_BESIDE_TRITON,
 )
 #: Triton paths whose features travel as float16 (the triton-python-wire16 profile's export)
 FLOAT16_WIRE_PATHS = ("Triton HTTP float16 wire (MILClient)", "Triton HTTP+shm float16 wire (MILClient)")
@@ -140,17 +146,6 @@ class Measurement:
         return self.flops / self.p50 / 1e9
 
 
-def _timed(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _estimate(previous: list[Measurement], n: int) -> float | None:
     """Seconds one call at size n should take, from the path's measured sizes: the growth exponent between the
     last two (clamped to [1, 2]; 1.2 with one), applied to the last. Fastest calls, not medians: on a loaded
@@ -167,7 +162,12 @@ def _estimate(previous: list[Measurement], n: int) -> float | None:
 
 
 class _Runner:
-    """Measures one model's paths size by size, skipping what would take too long."""
+    """Measures one model's paths size by size, skipping what would take too long.
+
+    The paths of one size are timed in turns (:meth:`measure_together`): each round calls every path once, in an
+    order that rotates from round to round, so that a slow spell of a shared machine (this project's VMs move by
+    20-30% within minutes) falls on every path alike instead of on whichever path was being timed then.
+    """
 
     def __init__(self, config: SuiteConfig, results: list[Measurement]) -> None:
         self.config = config
@@ -175,20 +175,44 @@ class _Runner:
 
     def measure(self, model: str, path: str, n: int, flops: int, fn: Callable[[], Any] | None,
                 skipped: str = "") -> Measurement | None:
-        row = Measurement(model, path, n, flops=flops, skipped=skipped)
-        if not skipped and fn is not None:
-            estimate = _estimate([m for m in self.results if m.model == model and m.path == path], n)
-            total = None if estimate is None else estimate * (self.config.repeats + self.config.warmup)
-            if total is not None and total > self.config.max_seconds:
-                row.skipped = f"estimated {total:.0f} s > max {self.config.max_seconds:g} s"
-            else:
+        """One path alone (see :meth:`measure_together`)."""
+        return self.measure_together(model, n, [(path, flops, fn, skipped)])[0]
+
+    def measure_together(
+        self, model: str, n: int, paths: Sequence[tuple[str, int, Callable[[], Any] | None, str]]
+    ) -> list[Measurement]:
+        """Time ``paths`` ((path, flops, fn, skipped) each) in turns at size ``n``: ``warmup`` untimed rounds,
+        then ``repeats`` timed ones; a path estimated to take more than ``max_seconds`` is skipped, one that
+        fails leaves the rounds with its error as the reason."""
+        rows, calls = [], []
+        for path, flops, fn, skipped in paths:
+            row = Measurement(model, path, n, flops=flops, skipped=skipped)
+            if not skipped and fn is not None:
+                estimate = _estimate([m for m in self.results if m.model == model and m.path == path], n)
+                total = None if estimate is None else estimate * (self.config.repeats + self.config.warmup)
+                if total is not None and total > self.config.max_seconds:
+                    row.skipped = f"estimated {total:.0f} s > max {self.config.max_seconds:g} s"
+                else:
+                    calls.append((row, fn))
+            rows.append(row)
+        for round_index in range(self.config.warmup + self.config.repeats):
+            timed = round_index >= self.config.warmup
+            shift = round_index % max(len(calls), 1)
+            for row, fn in calls[shift:] + calls[:shift]:
+                if row.skipped:
+                    continue
+                start = time.perf_counter()
                 try:
-                    row.times = _timed(fn, self.config.repeats, self.config.warmup)
+                    fn()
                 except Exception as exc:  # noqa: BLE001 - a path that fails at a size is a row, not the end
-                    row.skipped = f"failed: {str(exc).splitlines()[0][:200]}"
-        self.results.append(row)
-        log.info("%s %s N=%d: %s", model, path, n, row.skipped or f"{row.p50 * 1e3:.1f} ms")
-        return row
+                    row.skipped, row.times = f"failed: {str(exc).splitlines()[0][:200]}", []
+                    continue
+                if timed:
+                    row.times.append(time.perf_counter() - start)
+        for row in rows:
+            self.results.append(row)
+            log.info("%s %s N=%d: %s", model, row.path, n, row.skipped or f"{row.p50 * 1e3:.1f} ms")
+        return rows
 
 
 def _ok(predictions: list[Any]) -> None:
@@ -225,7 +249,7 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
                     return module(*tensors)
 
             flops = count_flops(eager)
-            runner.measure(name, "eager milsdk", n, flops, eager)
+            together: list[tuple[str, int, Callable[[], Any] | None, str]] = [("eager milsdk", flops, eager, "")]
             if prepared.torchmil_model is not None:
                 x = torch.from_numpy(bag["features"])[None]
                 reference = prepared.torchmil_model
@@ -235,37 +259,35 @@ def _measure_model(prepared: PreparedModel, config: SuiteConfig, runner: _Runner
                     with torch.inference_mode():
                         return reference(x, **kwargs)
 
-                runner.measure(name, "eager torchmil", n, flops, torchmil_eager)
+                together.append(("eager torchmil", flops, torchmil_eager, ""))
             else:
-                runner.measure(name, "eager torchmil", n, flops, None, skipped="no torchmil model (see notes)")
+                together.append(("eager torchmil", flops, None, "no torchmil model (see notes)"))
             client_bag = [{"features": bag["features"], "coords": bag["coords"]}]
-            if ts_client is not None:
-                runner.measure(name, "TorchScript (MILClient)", n, flops, lambda: _ok(ts_client.predict(client_bag)))
+            clients = {"TorchScript (MILClient)": ts_client, "onnxruntime (MILClient)": onnx_client,
+                       "onnxruntime int8 (MILClient)": int8_client, **reduced}
+            together += [(path, flops, lambda c=client: _ok(c.predict(client_bag)), "")
+                         for path, client in clients.items() if client is not None]
+            # every path in turns; the raw session only in the overhead measurement (its pool spins after a
+            # run, which would slow the next path of a round)
+            runner.measure_together(name, n, together)
             if onnx_client is None:
                 continue
-            estimates = [m for m in runner.results if m.model == name and m.path == "onnxruntime (MILClient)"]
+            estimates = [m for m in runner.results if m.model == name and m.path == "onnxruntime raw session"]
             estimate = _estimate(estimates, n)
             pair_seconds = None if estimate is None else 2 * estimate * (config.repeats + config.warmup)
             if pair_seconds is not None and pair_seconds > config.max_seconds:
-                reason = f"estimated {pair_seconds:.0f} s > max {config.max_seconds:g} s"
-                for path in ("onnxruntime (MILClient)", "onnxruntime raw session"):
-                    runner.measure(name, path, n, flops, None, skipped=reason)
+                runner.measure(name, "onnxruntime raw session", n, flops, None,
+                               skipped=f"estimated {pair_seconds:.0f} s > max {config.max_seconds:g} s")
                 continue
             try:
                 result = client_overhead(onnx_client, raw, f"1 bag x {n}", client_bag, config.repeats, config.warmup,
                                          config.settle_s)
             except Exception as exc:  # noqa: BLE001 - reported
-                reason = f"failed: {str(exc).splitlines()[0][:200]}"
-                for path in ("onnxruntime (MILClient)", "onnxruntime raw session"):
-                    runner.measure(name, path, n, flops, None, skipped=reason)
+                runner.measure(name, "onnxruntime raw session", n, flops, None,
+                               skipped=f"failed: {str(exc).splitlines()[0][:200]}")
                 continue
-            for path, times in (("onnxruntime (MILClient)", result.client_times),
-                                ("onnxruntime raw session", result.raw_times)):
-                runner.results.append(Measurement(name, path, n, list(times), flops))
+            runner.results.append(Measurement(name, "onnxruntime raw session", n, list(result.raw_times), flops))
             overhead_rows.append(_overhead_row(name, result))
-            for path, client in ({"onnxruntime int8 (MILClient)": int8_client} | reduced).items():
-                if client is not None:
-                    runner.measure(name, path, n, flops, lambda c=client: _ok(c.predict(client_bag)))
     finally:
         for client in (onnx_client, ts_client, int8_client, *reduced.values()):
             if client is not None:
@@ -328,23 +350,31 @@ def _triton_phase(prepared: list[PreparedModel], config: SuiteConfig, runner: _R
                            features_dtype="float16")
     if not served:
         return ["no model exported to ONNX: Triton not measured"]
+    onnx_paths = {p.name: p.onnx_path for p in prepared}
     with TritonServer(repo, exit_timeout_s=2) as server:
         for name, served_name in served.items():
-            for path, url, protocol, shm, model_name in (
-                ("Triton HTTP (MILClient)", server.http_url, "http", False, served_name),
-                ("Triton gRPC (MILClient)", server.grpc_url, "grpc", False, served_name),
-                ("Triton HTTP+shm (MILClient)", server.http_url, "http", True, served_name),
-                (FLOAT16_WIRE_PATHS[0], server.http_url, "http", False, wire16.get(name)),
-                (FLOAT16_WIRE_PATHS[1], server.http_url, "http", True, wire16.get(name)),
-            ):
-                if model_name is None:
-                    continue
-                with MILClient.from_triton(url, model_name, protocol=protocol, shared_memory=shm) as client:
-                    for n in config.sizes:
-                        flops = next((m.flops for m in runner.results if m.model == name and m.n == n), 0)
-                        bag = make_bag(n, config.dim, seed=config.seed)
-                        client_bag = [{"features": bag["features"], "coords": bag["coords"]}]
-                        runner.measure(name, path, n, flops, lambda c=client: _ok(c.predict(client_bag)))
+            with contextlib.ExitStack() as stack:
+                # the in-process client in the same rounds: each Triton path's share of in-process is measured
+                # under the same load (IN_PROCESS_BESIDE_TRITON)
+                clients = {IN_PROCESS_BESIDE_TRITON: stack.enter_context(MILClient.from_path(onnx_paths[name]))}
+                for path, url, protocol, shm, model_name in (
+                    ("Triton HTTP (MILClient)", server.http_url, "http", False, served_name),
+                    ("Triton gRPC (MILClient)", server.grpc_url, "grpc", False, served_name),
+                    ("Triton HTTP+shm (MILClient)", server.http_url, "http", True, served_name),
+                    (FLOAT16_WIRE_PATHS[0], server.http_url, "http", False, wire16.get(name)),
+                    (FLOAT16_WIRE_PATHS[1], server.http_url, "http", True, wire16.get(name)),
+                ):
+                    if model_name is not None:
+                        clients[path] = stack.enter_context(
+                            MILClient.from_triton(url, model_name, protocol=protocol, shared_memory=shm))
+                for n in config.sizes:
+                    flops = next((m.flops for m in runner.results if m.model == name and m.n == n), 0)
+                    bag = make_bag(n, config.dim, seed=config.seed)
+                    client_bag = [{"features": bag["features"], "coords": bag["coords"]}]
+                    runner.measure_together(name, n, [
+                        (path, flops, lambda c=client: _ok(c.predict(client_bag)), "")
+                        for path, client in clients.items()
+                    ])
     return notes
 
 

@@ -21,13 +21,15 @@ import numpy as np
 from milsdk.export.bags import bag_batch as model_inputs
 from milsdk.utils.cpu import BFLOAT16_FLAGS, EXACT_INT8_FLAGS, bfloat16_is_emulated, int8_sums_saturate
 
-__all__ = ["BFLOAT16_PATH", "INT8_WEIGHTS_PATH", "REDUCED_PATHS", "PreparedModel", "prepare_model", "make_bag",
+__all__ = ["BFLOAT16_PATH", "IN_PROCESS_BESIDE_TRITON", "INT8_WEIGHTS_PATH", "REDUCED_PATHS", "PreparedModel", "prepare_model", "make_bag",
            "model_inputs", "count_flops"]
 
 #: the suite's paths of the artifacts that need a CPU's fast kernels (``PreparedModel.reduced_paths``)
 INT8_WEIGHTS_PATH = "onnxruntime int8 weights (MILClient)"
 BFLOAT16_PATH = "TorchScript bfloat16 (MILClient)"
 REDUCED_PATHS = (INT8_WEIGHTS_PATH, BFLOAT16_PATH)
+#: the in-process onnxruntime client timed in the Triton paths' rounds: the base of their share of in-process
+IN_PROCESS_BESIDE_TRITON = "onnxruntime (MILClient) beside Triton"
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from milsdk.bench import quick_config, run_suite
-from milsdk.bench.suite import FLOAT16_WIRE_PATHS, _estimate, Measurement, planner_padding
+from milsdk.bench.suite import FLOAT16_WIRE_PATHS, IN_PROCESS_BESIDE_TRITON, _estimate, _Runner, Measurement, \
+    planner_padding
 from milsdk.errors import ModelConfigError
 
 
@@ -60,6 +61,30 @@ def test_sizes_that_would_take_too_long_are_estimated_from_the_previous_ones():
     assert _estimate([], 10) is None
 
 
+def test_paths_of_a_size_are_timed_in_turns_in_a_rotating_order(tmp_path):
+    config = quick_config(tmp_path, repeats=3, warmup=1, max_seconds=1.0)
+    results: list[Measurement] = [Measurement("M", "slow", 100, [2.0])]  # 2 s at 100: > 1 s estimated at 200
+    calls: list[str] = []
+
+    def path(name):
+        def call():
+            calls.append(name)
+            if name == "broken" and calls.count("broken") == 2:
+                raise RuntimeError("second call fails\nwith a traceback")
+        return call
+
+    rows = _Runner(config, results).measure_together(
+        "M", 200, [(name, 1, path(name), "") for name in ("a", "b", "broken", "slow")]
+        + [("absent", 1, None, "not exported")])
+    # one untimed round, then three timed ones, each starting one path later; "broken" leaves at its failure
+    assert calls == ["a", "b", "broken", "b", "broken", "a", "a", "b", "a", "b"]
+    by_path = {r.path: r for r in rows}
+    assert len(by_path["a"].times) == len(by_path["b"].times) == 3 and by_path["a"].skipped == ""
+    assert by_path["broken"].times == [] and by_path["broken"].skipped == "failed: second call fails"
+    assert by_path["slow"].times == [] and by_path["slow"].skipped.startswith("estimated ")
+    assert by_path["absent"].skipped == "not exported" and results[-5:] == rows
+
+
 def test_unknown_models_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ModelConfigError, match="unknown models NoSuchMIL"):
         run_suite(quick_config(tmp_path / "out", models=["NoSuchMIL"]), echo=lambda line: None)
@@ -74,6 +99,9 @@ def test_a_triton_run_measures_every_transport_with_both_wire_formats(tmp_path):
     paths = {m["path"] for m in results["measurements"] if m["times"] and m["path"].startswith("Triton")}
     assert paths == {"Triton HTTP (MILClient)", "Triton gRPC (MILClient)", "Triton HTTP+shm (MILClient)",
                      *FLOAT16_WIRE_PATHS}
+    # the in-process client was timed in the same rounds: the base of each Triton path's share
+    beside = [m for m in results["measurements"] if m["path"] == IN_PROCESS_BESIDE_TRITON]
+    assert len(beside) == 1 and len(beside[0]["times"]) == 2
     text = (tmp_path / "RESULTS.md").read_text()
     # 64 x (2 x 64 + 1) bytes: 8,256 bytes = 0.0 MB on the float16 wire
     assert "| ABMIL | Triton HTTP+shm float16 wire (MILClient) | 64 | 0.0 |" in text
