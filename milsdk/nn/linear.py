@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Bfloat16Linear", "LazyLinear", "get_feat_dim", "linear_in_weight_dtype", "to_bfloat16_linears"]
+__all__ = [
+    "BFLOAT16_ROW_CHUNK", "Bfloat16Linear", "LazyLinear", "get_feat_dim", "linear_in_weight_dtype", "to_bfloat16_linears",
+]
 
 
 def LazyLinear(
@@ -48,18 +50,40 @@ def get_feat_dim(feat_ext: torch.nn.Module, input_shape: Sequence[int]) -> int:
     return int(out.shape[-1])
 
 
-def linear_in_weight_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+#: rows per block of a :func:`linear_in_weight_dtype` product in another dtype. Casting a whole 100,000 x 1024 bag
+#: to bfloat16 writes 205 MB of fresh memory (page faults, then a second read by the product): 117 ms for the cast
+#: and a 1024 -> 128 product on a 2-core Xeon with AMX, against 48 ms in blocks of 8,192 rows (16,000 rows: 8.4
+#: against 5.5 ms; the same numbers bit for bit).
+BFLOAT16_ROW_CHUNK = 8192
+
+
+def linear_in_weight_dtype(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, row_chunk: int = BFLOAT16_ROW_CHUNK
+) -> torch.Tensor:
     """``F.linear`` computed in the weight's dtype, returned in the input's.
 
-    With float32 weights this is ``F.linear`` itself (the casts are no-ops); with the bfloat16 weights of a
+    With weights of the input's dtype this is ``F.linear`` itself; with the bfloat16 weights of a
     :class:`Bfloat16Linear` the matrix product runs in bfloat16 (AMX / AVX-512 BF16 kernels accumulate in float32)
-    while everything around it stays float32.
+    while everything around it stays float32, in blocks of ``row_chunk`` rows (:data:`BFLOAT16_ROW_CHUNK`).
 
     Shapes:
         x: (..., in_features); weight: (out_features, in_features); bias: (out_features,). Returns
         (..., out_features) in x's dtype.
     """
-    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+    if weight.dtype == x.dtype:
+        return torch.nn.functional.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    if rows <= row_chunk:
+        return torch.nn.functional.linear(flat.to(weight.dtype), weight, bias).to(x.dtype).reshape(
+            x.shape[:-1] + (weight.shape[0],))
+    # row blocks: each block's cast stays in cache and its buffer is reused, instead of a cast of the whole input
+    # into fresh memory (module constant's docstring)
+    out = torch.empty(rows, weight.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, rows, row_chunk):
+        stop = min(start + row_chunk, rows)
+        out[start:stop] = torch.nn.functional.linear(flat[start:stop].to(weight.dtype), weight, bias)
+    return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 class Bfloat16Linear(torch.nn.Module):

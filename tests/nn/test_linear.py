@@ -67,3 +67,16 @@ def test_a_scripted_bfloat16_linear_equals_the_eager_one(bias):
     layer = Bfloat16Linear.from_linear(torch.nn.Linear(16, 4, bias=bias))
     x = torch.randn(2, 7, 16)
     assert torch.equal(torch.jit.script(layer)(x), layer(x))
+
+
+def test_a_bfloat16_product_in_row_blocks_equals_the_product_at_once():
+    torch.manual_seed(1)
+    layer = Bfloat16Linear.from_linear(torch.nn.Linear(16, 8))
+    x = torch.randn(2, 45, 16)  # 90 rows: blocks of 32, 32 and 26
+    whole = torch.nn.functional.linear(x.bfloat16(), layer.weight, layer.bias).float()
+    scripted = torch.jit.script(linear_in_weight_dtype)
+    for fn in (linear_in_weight_dtype, scripted):
+        blocked = fn(x, layer.weight, layer.bias, 32)
+        assert blocked.shape == (2, 45, 8) and blocked.dtype == torch.float32
+        assert torch.equal(blocked, whole)
+    assert torch.equal(layer(x), whole)  # 90 rows: one block at the default size
