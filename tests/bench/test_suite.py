@@ -63,7 +63,7 @@ def test_sizes_that_would_take_too_long_are_estimated_from_the_previous_ones():
 
 def test_paths_of_a_size_are_timed_in_turns_in_a_rotating_order(tmp_path):
     config = quick_config(tmp_path, repeats=3, warmup=1, max_seconds=1.0)
-    results: list[Measurement] = [Measurement("M", "slow", 100, [2.0])]  # 2 s at 100: > 1 s estimated at 200
+    results: list[Measurement] = [Measurement("M", "slow", 100, [0.1])]  # 0.1 s at 100: 0.23 s at 200, x7 calls
     calls: list[str] = []
 
     def path(name):
@@ -76,8 +76,9 @@ def test_paths_of_a_size_are_timed_in_turns_in_a_rotating_order(tmp_path):
     rows = _Runner(config, results).measure_together(
         "M", 200, [(name, 1, path(name), "") for name in ("a", "b", "broken", "slow")]
         + [("absent", 1, None, "not exported")])
-    # one untimed round, then three timed ones, each starting one path later; "broken" leaves at its failure
-    assert calls == ["a", "b", "broken", "b", "broken", "a", "a", "b", "a", "b"]
+    # one untimed round, then three timed ones, each starting one path later, each turn an untimed and a timed
+    # call; "broken" leaves at its failure (its turn's first call in the first timed round)
+    assert calls == ["a", "b", "broken", "b", "b", "broken", "a", "a", "a", "a", "b", "b", "a", "a", "b", "b"]
     by_path = {r.path: r for r in rows}
     assert len(by_path["a"].times) == len(by_path["b"].times) == 3 and by_path["a"].skipped == ""
     assert by_path["broken"].times == [] and by_path["broken"].skipped == "failed: second call fails"
