@@ -3,8 +3,8 @@
 :func:`prepare_model` builds a registered model at the suite's feature dimension, converts torchmil's model of the
 same name to it where :func:`milsdk.models.from_torchmil` can (so both eager paths hold the same weights), and
 exports it to ONNX and TorchScript, to int8 ONNX (uint8 weights, right on every CPU; int8 weights where this CPU has
-VNNI / AMX) and, where this CPU has AMX / AVX-512 BF16, to bfloat16 TorchScript. :func:`make_bag` makes one bag (features and grid coords, so that models using
-positions or a graph run too) and :func:`model_inputs` the padded arrays of the deployment contract for it, with
+VNNI / AMX) and, where this CPU has AMX / AVX-512 BF16, to bfloat16 TorchScript. :func:`make_bag` makes one bag
+(features and grid coords, so that models using positions or a graph run too) and :func:`model_inputs` the padded arrays of the deployment contract for it, with
 the graph the client would build.
 """
 
@@ -21,8 +21,10 @@ import numpy as np
 from milsdk.export.bags import bag_batch as model_inputs
 from milsdk.utils.cpu import BFLOAT16_FLAGS, EXACT_INT8_FLAGS, bfloat16_is_emulated, int8_sums_saturate
 
-__all__ = ["BFLOAT16_PATH", "IN_PROCESS_BESIDE_TRITON", "INT8_WEIGHTS_PATH", "REDUCED_PATHS", "PreparedModel", "prepare_model", "make_bag",
-           "model_inputs", "count_flops"]
+__all__ = [
+    "BFLOAT16_PATH", "IN_PROCESS_BESIDE_TRITON", "INT8_WEIGHTS_PATH", "REDUCED_PATHS", "PreparedModel", "prepare_model",
+    "make_bag", "model_inputs", "count_flops",
+]
 
 #: the suite's paths of the artifacts that need a CPU's fast kernels (``PreparedModel.reduced_paths``)
 INT8_WEIGHTS_PATH = "onnxruntime int8 weights (MILClient)"

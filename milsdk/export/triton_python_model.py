@@ -45,6 +45,11 @@ def create_session(model_path, instance_kind="CPU", device_id=0):
     options = ort.SessionOptions()
     # Bag sizes vary per request: per-shape memory patterns only cost memory.
     options.enable_mem_pattern = False
+    # The pool's threads spin inside a run but stop when it returns. Spinning on after a run takes cores from
+    # whatever runs next on the host: the client preparing its next request (a shared-memory client is on the
+    # same host by definition), the server's copy of it, other models. With a spinning server beside it, an
+    # in-process run of an ABMIL bag of 16,000 x 1024 took 26.5 ms on 2 cores, against 15.8 ms once it stopped.
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(model_path, options, providers=providers_for(instance_kind, device_id))
 
 

@@ -8,8 +8,8 @@ batches whose bags have different sizes (mixed padding). Checks (DESIGN.md, "Dep
   artifacts |a - e| <= 1e-2 + 1e-2 |e|, because half precision keeps ~3 significant digits; bfloat16 ones
   2e-2 + 2e-2 |e|: 8 significant bits in their Linear layers' products);
 - padding invariance, on the artifact itself: a bag alone vs the same bag padded inside a larger batch
-  (<= 1e-5; float16 <= 1e-3; bfloat16 <= 1e-2). A model declaring ``padding_invariant = False`` is reported as "declared not
-  invariant" with its note and its measured numbers, without failing;
+  (<= 1e-5; float16 <= 1e-3; bfloat16 <= 1e-2). A model declaring ``padding_invariant = False`` is reported as
+  "declared not invariant" with its note and its measured numbers, without failing;
 - every output finite; a one-instance bag gives finite logits and attention 1;
 - attention sums to 1 over the real instances (<= 1e-4; float16 1e-3) and is 0 on padding;
 - attention scan: bags of every size in a dense scan (each size 1..128, then about 12 sizes per decade up to

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
-    "BFLOAT16_ROW_CHUNK", "Bfloat16Linear", "LazyLinear", "get_feat_dim", "linear_in_weight_dtype", "to_bfloat16_linears",
+    "BFLOAT16_ROW_CHUNK", "MIN_BFLOAT16_OUTPUTS", "Bfloat16Linear", "LazyLinear", "get_feat_dim",
+    "linear_in_weight_dtype", "to_bfloat16_linears",
 ]
 
 

@@ -113,6 +113,8 @@ def test_python_backend_model_runs_the_onnx(abmil, abmil_artifacts, tmp_path):
     assert hasattr(module.TritonPythonModel, "execute") and module.pb_utils is None
     assert module.providers_for("GPU") == ["CPUExecutionProvider"]  # no CUDA here: CPU fallback
     session = module.create_session(str(version / "model.onnx"))
+    # its threads stop spinning after a run: they would take cores from the next work on the host
+    assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
     rng = np.random.default_rng(0)
     mask = np.arange(60)[None] < np.array([60, 1, 17])[:, None]
     features = (rng.standard_normal((3, 60, 1024)) * mask[..., None]).astype(np.float32)
