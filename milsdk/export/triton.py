@@ -11,6 +11,13 @@ with the deployment contract's inputs and outputs: the batch axis is implicit (`
 bag axis is -1, D and C are fixed. The milsdk metadata (ModelInfo JSON) is also stored as the config parameter
 ``milsdk.json``, so a client can read it from the server (``get_model_config``) for every backend.
 
+An ONNX model's repository copy also has the ``features_check`` output, (B, 1) float32: each bag's NaN/inf test,
+computed in the graph on the first layer it computes anyway (:mod:`milsdk.serving.backends.features_check`; the
+graph's logits and attention are untouched). A client that finds it in the config does not scan each bag before
+sending it: one read pass over the bag less, 5.7 of 55 ms for an ABMIL bag of 16,000 x 1024 over shared memory
+on 2 cores. The verified artifact itself keeps the deployment signature; a model whose weights live in external
+files is copied as it is, without the output.
+
 PyTorch backend naming: Triton's libtorch backend binds config inputs to the TorchScript ``forward`` arguments
 by name when every config input name is a forward argument (its FORWARD_ARGUMENT convention), and outputs
 whose names lack the ``<name>__<index>`` form in config order (STRICT_CONFIG_ORDERING; the server logs a
@@ -35,14 +42,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from milsdk.contract import METADATA_KEY, ModelInfo
+from milsdk.contract import FEATURES_CHECK, METADATA_KEY, ModelInfo
 from milsdk.errors import ArtifactError, ExportError
 from milsdk.export.files import place_tree
 from milsdk.export.pbtxt import model_config_schema, model_config_text, parse_model_config
 from milsdk.export.profiles import TRITON_BACKENDS, InstanceGroup
 from milsdk.export.spec import BATCH_DIM, TensorSpec, signature_specs
 
+#: the repository copy's extra output (module docstring): (B, 1), the axis after the implicit batch one
+FEATURES_CHECK_SPEC = TensorSpec(FEATURES_CHECK, "float32", (BATCH_DIM, 1))
+
 __all__ = [
+    "FEATURES_CHECK_SPEC",
     "TRITON_DTYPES",
     "build_triton_model",
     "check_model_name",
@@ -101,6 +112,7 @@ def triton_config_text(
     instance_groups: Sequence[InstanceGroup] = (InstanceGroup(),),
     dynamic_batching: bool = False,
     features_dtype: str = "float32",
+    features_check: bool = False,
 ) -> str:
     """The config.pbtxt of one model (see the module docstring for the layout), built as Triton's
     ``ModelConfig`` message and written in protobuf text format.
@@ -113,6 +125,7 @@ def triton_config_text(
         instance_groups: where instances run (KIND_CPU / KIND_GPU).
         dynamic_batching: enable Triton's dynamic batcher (off by default, see the comment it writes).
         features_dtype: dtype of the features input.
+        features_check: the model also outputs ``features_check`` (B, 1) (module docstring).
     """
     if backend not in _LAYOUT:
         raise ExportError(f"Triton backend must be one of {', '.join(_LAYOUT)}, got {backend!r}")
@@ -125,7 +138,7 @@ def triton_config_text(
     inputs, outputs = signature_specs(info, features_dtype)
     for spec in inputs:
         _add_tensor(config.input, spec)
-    for spec in outputs:
+    for spec in outputs + ([FEATURES_CHECK_SPEC] if features_check else []):
         _add_tensor(config.output, spec)
     for g in instance_groups:
         config.instance_group.add(
@@ -187,6 +200,13 @@ def build_triton_model(
     fmt = TRITON_BACKENDS[backend]
     if fmt not in artifacts:
         raise ExportError(f"Triton backend {backend!r} serves a {fmt} artifact, and none was exported")
+    version_dir = model_dir / str(int(version))
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        shutil.copyfile(artifacts[fmt], version_dir / "model.pt")
+        checks_features = False
+    else:
+        checks_features = _copy_with_features_check(Path(artifacts[fmt]), version_dir / "model.onnx")
     text = triton_config_text(
         name,
         info,
@@ -195,11 +215,9 @@ def build_triton_model(
         instance_groups=instance_groups,
         dynamic_batching=dynamic_batching,
         features_dtype=features_dtype,
+        features_check=checks_features,
     )
-    version_dir = model_dir / str(int(version))
-    version_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text)
-    shutil.copyfile(artifacts[fmt], version_dir / ("model.pt" if fmt == "torchscript" else "model.onnx"))
     if backend == "python":
         (version_dir / "model.py").write_text(python_model_source())
     for extra in extra_files:
@@ -208,6 +226,21 @@ def build_triton_model(
     if problems:
         raise ExportError(f"Triton config for {name} does not match its artifact: {problems[0]}")
     return model_dir
+
+
+def _copy_with_features_check(source: Path, target: Path) -> bool:
+    """Copy an ONNX artifact into a version folder with the ``features_check`` output (B, 1) added (module
+    docstring); True when it was added, False when the file was copied as it is."""
+    import onnx
+
+    from milsdk.serving.backends.features_check import attach_features_check_if_possible
+
+    proto = onnx.load_model(str(source), load_external_data=False)
+    if attach_features_check_if_possible(proto, column=True) is None:
+        shutil.copyfile(source, target)
+        return False
+    onnx.save_model(proto, str(target))
+    return True
 
 
 def write_triton_model(

@@ -126,10 +126,14 @@ class MILClient:
         check_finite: refuse a bag whose features hold NaN/inf (it gets its own error). With the onnxruntime
             backend the graph tests every bag itself (``features_check``, added at load time,
             :mod:`milsdk.serving.backends.features_check`), on the first layer it computes anyway: about 1% of
-            ABMIL's runtime. With the other backends (TorchScript, Triton) the client scans each bag before it
-            is sent: one read pass over the bag, about a quarter of ABMIL's runtime at D = 1024 here. A batch in which the graph finds a bad
-            bag is run again without it, so the other bags' results never depend on it (an int8 graph quantises
-            a whole batch with one scale). With False, no bag is tested; a bag whose logits or attention come
+            ABMIL's runtime; so does a Triton model whose repository milsdk export wrote from ONNX (the output is
+            in its repository copy, :mod:`milsdk.export.triton`), and the TorchScript backend sums each bag
+            with torch. Otherwise (a Triton model without the output) the client scans each bag before it is
+            sent: one read pass over the bag, about a quarter of ABMIL's runtime at D = 1024 here. A batch in
+            which the graph finds a bad bag is run again without it, so the other bags' results never depend on
+            it (an int8 graph quantises a whole batch with one scale); a bag whose test is not finite although
+            its features are (an overflow, e.g. values past float16's range on a float16 wire) gets an error if
+            its outputs are not finite. With False, no bag is tested; a bag whose logits or attention come
             back NaN/inf is scanned then and gets the same error, so only a NaN the model turns into finite
             outputs (e.g. a ReLU zeroing it) would go unnoticed.
     """
@@ -472,12 +476,12 @@ class MILClient:
             index, bag = members[0]
             stats.add(bags=1, failed=1)
             return [BagPrediction(index, bag["name"], error=str(exc))]
+        suspects: set[int] = set()  # finite features whose test overflowed: their outputs are looked at
         if check is not None:
             # a non-finite check is a bad value or (rarely) an overflow of finite ones: the exact count decides
-            bad = {
-                b: count for b in np.flatnonzero(~np.isfinite(check)).tolist()
-                if (count := nonfinite_count(members[b][1][FEATURES]))
-            }
+            suspects = set(np.flatnonzero(~np.isfinite(check)).tolist())
+            bad = {b: count for b in suspects if (count := nonfinite_count(members[b][1][FEATURES]))}
+            suspects -= set(bad)
             if bad:
                 stats.add(bags=len(bad), failed=len(bad), requests=1)
                 refused = [
@@ -497,8 +501,9 @@ class MILClient:
         predictions = []
         for b, (index, bag) in enumerate(members):
             n = bag[FEATURES].shape[0]
-            if not self.check_finite and not (all_finite(logits[b]) and all_finite(attention[b, :n])):
-                # the bag was not scanned before the run: find out now whether its features are to blame
+            looked_at = not self.check_finite or b in suspects
+            if looked_at and not (all_finite(logits[b]) and all_finite(attention[b, :n])):
+                # the bag was not tested before the run, or its test overflowed: are its features to blame?
                 count = nonfinite_count(bag[FEATURES])
                 stats.add(failed=1)
                 predictions.append(BagPrediction(index, bag["name"], error=(

@@ -68,6 +68,37 @@ def test_onnxruntime_config_field_by_field(abmil_artifacts, tmp_path, n_classes)
     assert check_triton_model(model_dir) == []
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_the_repository_copy_adds_the_features_check_and_keeps_the_outputs(abmil_artifacts, tmp_path, backend):
+    import onnxruntime as ort
+
+    source = abmil_artifacts[(3, "onnx")]
+    before = source.read_bytes()
+    model_dir = _write(tmp_path, abmil_artifacts, 3, backend=backend)
+    assert source.read_bytes() == before  # the verified artifact keeps the deployment signature
+    cfg = read_triton_config(model_dir / "config.pbtxt")
+    assert [(e.name, list(e.dims)) for e in cfg.output] == [
+        ("logits", [3]), ("attention", [-1]), ("features_check", [1])
+    ]
+    assert cfg.output[2].data_type == mc.TYPE_FP32 and check_triton_model(model_dir) == []
+    served, original = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                        for p in (model_dir / "1" / "model.onnx", source))
+    rng = np.random.default_rng(3)
+    mask = np.arange(40)[None] < np.array([40, 9])[:, None]
+    features = (rng.standard_normal((2, 40, 1024)) * mask[..., None]).astype(np.float32)
+    features[1, 4, 100] = np.nan
+    logits, attention, check = served.run(None, {"features": features, "mask": mask})
+    want_logits, want_attention = original.run(None, {"features": features, "mask": mask})
+    np.testing.assert_array_equal(logits, want_logits)
+    np.testing.assert_array_equal(attention, want_attention)
+    assert check.shape == (2, 1) and np.isfinite(check[0, 0]) and not np.isfinite(check[1, 0])
+
+
+def test_a_torchscript_model_has_no_features_check(abmil_artifacts, tmp_path):
+    cfg = read_triton_config(_write(tmp_path, abmil_artifacts, 3, backend="pytorch") / "config.pbtxt")
+    assert [e.name for e in cfg.output] == ["logits", "attention"]
+
+
 def test_gpu_instances_and_dynamic_batching(abmil_artifacts, tmp_path):
     model_dir = _write(
         tmp_path, abmil_artifacts, instance_groups=(InstanceGroup("gpu", 2, (0, 1)),), dynamic_batching=True

@@ -132,13 +132,33 @@ def test_a_thread_that_ends_leaves_no_connection_or_region_behind(triton_server,
     admin.close()
 
 
-def test_bad_bags_among_good_ones_over_triton(triton_server, eval_bags, feature_dim):
+@pytest.mark.parametrize("protocol, shared_memory", [("grpc", False), ("http", False), ("http", True)])
+def test_bad_bags_among_good_ones_over_triton(triton_server, eval_bags, eager_outputs, feature_dim, protocol,
+                                              shared_memory, monkeypatch):
+    """The served model tests each bag for NaN/inf itself (the repository copy's features_check): the client
+    scans no bag, and a bad bag in a batch of good ones loses only itself."""
+    from milsdk.serving import client as client_module
+
+    scanned = []
+    all_finite = client_module.all_finite
+    monkeypatch.setattr(client_module, "all_finite", lambda a: scanned.append(a.shape) or all_finite(a))
+    one_inf = next(bag for bag in eval_bags[3:] if len(bag) >= 3).copy()
+    one_inf[2, 5] = np.inf
     bags = [eval_bags[0], np.ones((5, 3), np.float32), eval_bags[1], np.full((4, feature_dim), np.nan, np.float32),
-            np.ones((0, feature_dim), np.float32), eval_bags[2]]
-    with MILClient.from_triton(triton_server.grpc_url, "abmil") as client:
+            np.ones((0, feature_dim), np.float32), eval_bags[2], one_inf]
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    with MILClient.from_triton(url, "abmil", protocol=protocol, shared_memory=shared_memory,
+                               max_padding=1.0) as client:  # the bags share requests
+        assert client.backend.checks_features
         preds = client.predict(bags)
-    assert [p.ok for p in preds] == [True, False, True, False, False, True]
-    assert "dimension 3" in preds[1].error and "NaN" in preds[3].error and "0 instances" in preds[4].error
+    assert [p.ok for p in preds] == [True, False, True, False, False, True, False]
+    assert "dimension 3" in preds[1].error and "0 instances" in preds[4].error
+    assert preds[3].error == f"features hold {4 * feature_dim} NaN/inf values"
+    assert preds[6].error == "features hold 1 NaN/inf values"
+    assert not [shape for shape in scanned if shape[-1:] == (feature_dim,)]  # no bag scanned before sending
+    for pred, (logits, attention) in zip([preds[0], preds[2], preds[5]], eager_outputs["abmil"][:3]):
+        np.testing.assert_allclose(pred.logits, logits, atol=1e-4)
+        np.testing.assert_allclose(pred.attention, attention, atol=1e-4)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -341,3 +361,11 @@ def test_float16_wire_profile_sends_half_the_bytes_and_answers_as_eager(eager_mo
                 worst_logit = max(worst_logit, float(np.abs(prediction.logits - logits).max()))
                 worst_att = max(worst_att, float(np.abs(prediction.attention - attention).max()))
             assert 0.0 < worst_logit <= 1e-2 and worst_att <= 1e-3, (protocol, shared_memory, worst_logit, worst_att)
+        # finite float32 past float16's range becomes inf on the wire: that bag gets an error, the others answer
+        beyond = served_bags[1]["features"].copy()
+        beyond[0, 0] = 1e6
+        with MILClient.from_triton(server.http_url, "abmil16", shared_memory=True, max_padding=1.0) as client:
+            assert client.backend.checks_features
+            predictions = client.predict([served_bags[0], {"features": beyond}, served_bags[2]])
+        assert [p.ok for p in predictions] == [True, False, True]
+        assert predictions[1].error == "the model returned NaN/inf for this bag"

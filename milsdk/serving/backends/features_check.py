@@ -26,13 +26,17 @@ against 14.65 ms in the same measurement, below the client's 3.5 ms scan).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from milsdk.contract import AXIS_NAMES, FEATURES, FEATURES_CHECK
 
-__all__ = ["attach_features_check", "FIRST_LAYER", "WHOLE_FEATURES"]
+__all__ = ["attach_features_check", "attach_features_check_if_possible", "FIRST_LAYER", "WHOLE_FEATURES"]
+
+log = logging.getLogger(__name__)
 
 #: where the check reads: the first MatMul's output, or the features themselves.
 FIRST_LAYER, WHOLE_FEATURES = "first_layer", "features"
@@ -41,11 +45,13 @@ FIRST_LAYER, WHOLE_FEATURES = "first_layer", "features"
 _TRANSPARENT = {"Cast", "Identity"}
 
 
-def attach_features_check(proto: onnx.ModelProto) -> str:
+def attach_features_check(proto: onnx.ModelProto, column: bool = False) -> str:
     """Add the ``features_check`` output (B,) float32 to a milsdk graph, in place (see the module docstring).
 
     Args:
         proto: an exported graph in the deployment signature; its ``features`` input is [batch, n_instances, D].
+        column: the output as (B, 1) instead: a Triton config's outputs have at least one axis after the
+            implicit batch axis (the form a Triton repository's ``model.onnx`` takes, :mod:`milsdk.export.triton`).
 
     Returns:
         :data:`FIRST_LAYER` when the sum is taken over a MatMul of the features, :data:`WHOLE_FEATURES` when
@@ -71,16 +77,46 @@ def attach_features_check(proto: onnx.ModelProto) -> str:
         ))
         source = f"{FEATURES_CHECK}_float32"
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    total = f"{FEATURES_CHECK}_total" if column else FEATURES_CHECK
     if opset >= 13:  # axes became an input in opset 13
         axes = f"{FEATURES_CHECK}_axes"
         graph.initializer.append(numpy_helper.from_array(np.array([1, 2], dtype=np.int64), axes))
-        node = helper.make_node("ReduceSum", [source, axes], [FEATURES_CHECK], keepdims=0)
+        node = helper.make_node("ReduceSum", [source, axes], [total], keepdims=0)
     else:
-        node = helper.make_node("ReduceSum", [source], [FEATURES_CHECK], axes=[1, 2], keepdims=0)
+        node = helper.make_node("ReduceSum", [source], [total], axes=[1, 2], keepdims=0)
     node.name = f"{FEATURES_CHECK}_sum"
     graph.node.append(node)
-    graph.output.append(helper.make_tensor_value_info(FEATURES_CHECK, TensorProto.FLOAT, [AXIS_NAMES["B"]]))
+    shape: list[str | int] = [AXIS_NAMES["B"]]
+    if column:  # (B,) -> (B, 1)
+        if opset >= 13:
+            last = f"{FEATURES_CHECK}_last_axis"
+            graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), last))
+            node = helper.make_node("Unsqueeze", [total, last], [FEATURES_CHECK])
+        else:
+            node = helper.make_node("Unsqueeze", [total], [FEATURES_CHECK], axes=[1])
+        node.name = f"{FEATURES_CHECK}_column"
+        graph.node.append(node)
+        shape.append(1)
+    graph.output.append(helper.make_tensor_value_info(FEATURES_CHECK, TensorProto.FLOAT, shape))
     return where
+
+
+def attach_features_check_if_possible(proto: onnx.ModelProto, column: bool = False) -> str | None:
+    """:func:`attach_features_check` unless the graph's weights live in external files (the graph is then loaded
+    from its path, as it is) or the graph cannot take it (logged).
+
+    Returns:
+        Where the check reads (:data:`FIRST_LAYER` / :data:`WHOLE_FEATURES`), or None when nothing was added.
+    """
+    from onnx.external_data_helper import uses_external_data
+
+    if any(uses_external_data(t) for t in proto.graph.initializer):
+        return None
+    try:
+        return attach_features_check(proto, column)
+    except ValueError as exc:
+        log.info("no in-graph NaN/inf test of the features (%s)", exc)
+        return None
 
 
 def _first_layer(graph: onnx.GraphProto) -> tuple[str | None, int]:

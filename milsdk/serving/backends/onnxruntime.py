@@ -171,16 +171,10 @@ class OnnxRuntimeBackend:
         """The artifact's graph with the ``features_check`` output, serialised; None (the file is loaded as it
         is, and the client scans bags itself) for a model whose weights live in external files, or for a graph
         that cannot take it."""
-        from onnx.external_data_helper import uses_external_data
+        from milsdk.serving.backends.features_check import attach_features_check_if_possible
 
-        from milsdk.serving.backends.features_check import attach_features_check
-
-        if any(uses_external_data(t) for t in proto.graph.initializer):
-            return None
-        try:
-            where = attach_features_check(proto)
-        except ValueError as exc:
-            log.info("%s: no in-graph NaN/inf test (%s)", self.path, exc)
+        where = attach_features_check_if_possible(proto)
+        if where is None:
             return None
         log.info("%s: NaN/inf test of the features in the graph, on %s", self.path, where)
         return proto.SerializeToString()

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from milsdk.contract import ATTENTION, LOGITS, METADATA_KEY, ModelInfo, input_shape_error
+from milsdk.contract import ATTENTION, FEATURES_CHECK, LOGITS, METADATA_KEY, ModelInfo, input_shape_error
 from milsdk.errors import ArtifactError, ServerUnavailableError, ServerURLError, ServingError, first_line
 from milsdk.serving.backends.triton_http import KSERVE_DATATYPES, HttpInferConnection
 from milsdk.serving.float16_cast import to_float16
@@ -142,6 +142,10 @@ class TritonBackend:
         self.info = info if info is not None else self._info_from_config(config)
         self.max_batch_size: int | None = int(config.get("max_batch_size", 0)) or None
         self._config_inputs = {i["name"]: i.get("data_type", "") for i in config.get("input", [])}
+        #: the model outputs each bag's NaN/inf test (``features_check``, (B, 1): written by milsdk export into a
+        #: repository's ONNX models, :mod:`milsdk.export.triton`); the client then does not scan bags itself
+        self.checks_features = FEATURES_CHECK in {o.get("name") for o in config.get("output", [])}
+        self._outputs = [LOGITS, ATTENTION] + ([FEATURES_CHECK] if self.checks_features else [])
         missing = [name for name in self.info.inputs if name not in self._config_inputs]
         if missing:
             raise ArtifactError(f"model {model_name!r} on {self.url} lacks inputs {missing} named in its metadata")
@@ -342,22 +346,26 @@ class TritonBackend:
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return client.infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs, **kwargs)
 
+    def _answer(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The outputs as float32, ``features_check`` as (B,) (the backend contract's shape)."""
+        out = {name: np.asarray(arrays[name], dtype=np.float32) for name in self._outputs}
+        if FEATURES_CHECK in out:
+            out[FEATURES_CHECK] = out[FEATURES_CHECK].reshape(-1)
+        return out
+
     def _infer_http(self, connection: _Connection, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._http(connection).infer(self.model_name, arrays, [LOGITS, ATTENTION], self.model_version)
-        return {name: np.asarray(result[name], dtype=np.float32) for name in (LOGITS, ATTENTION)}
+        return self._answer(self._http(connection).infer(self.model_name, arrays, self._outputs, self.model_version))
 
     def _infer(self, client: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._call(client, self._inputs(arrays), [self._requested(LOGITS), self._requested(ATTENTION)])
-        return {
-            LOGITS: np.asarray(result.as_numpy(LOGITS), dtype=np.float32),
-            ATTENTION: np.asarray(result.as_numpy(ATTENTION), dtype=np.float32),
-        }
+        result = self._call(client, self._inputs(arrays), [self._requested(name) for name in self._outputs])
+        return self._answer({name: result.as_numpy(name) for name in self._outputs})
 
     def _infer_shared_memory(
         self, connection: _Connection, client: Any, arrays: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         batch, n = arrays[self.info.inputs[0]].shape[:2]
-        out_shapes = {LOGITS: (batch, self.info.n_classes), ATTENTION: (batch, n)}
+        out_shapes = {LOGITS: (batch, self.info.n_classes), ATTENTION: (batch, n), FEATURES_CHECK: (batch, 1)}
+        out_shapes = {name: out_shapes[name] for name in self._outputs}
         wire_dtypes = {name: self._wire_dtype(name, array) for name, array in arrays.items()}
         layout, offset = {}, 0
         sizes = [(k, int(np.prod(np.shape(a))) * wire_dtypes[k].itemsize) for k, a in arrays.items()]
@@ -381,7 +389,7 @@ class TritonBackend:
             requested.set_shared_memory(region.name, nbytes, offset=start)
             outputs.append(requested)
         self._call(client, inputs, outputs)
-        return {name: region.read(shape, layout[name][0]) for name, shape in out_shapes.items()}
+        return self._answer({name: region.read(shape, layout[name][0]) for name, shape in out_shapes.items()})
 
     def _region(self, connection: _Connection, client: Any, size: int) -> _ShmRegion:
         region = connection.region
